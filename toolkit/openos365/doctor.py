@@ -1,0 +1,52 @@
+"""`openos365 doctor`: what each command needs on this host, and how to get what is missing."""
+
+from __future__ import annotations
+
+import os
+
+from rich.table import Table
+
+from . import log, tools
+from .runner import which
+
+NEEDS: dict[str, list[str]] = {
+    "build": ["podman"],
+    "bootstrap": ["mmdebstrap", "podman"],
+    "export --to dir/tar": ["podman", "tar", "cp"],
+    "export --to raw/qcow2/vmdk/vhdx/vhd": ["sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "grub-mkimage",
+                                            "qemu-img"],
+    "export --to iso": ["mksquashfs", "xorriso", "mkfs.vfat", "mcopy", "grub-mkimage"],
+    "export --to kis": ["mksquashfs", "mkfs.ext4", "mkfs.erofs"],
+    "export --to docker/oci": ["podman", "skopeo"],
+    "export --to wsl": ["tar", "gzip", "xz"],
+    "pull / push": ["podman", "skopeo"],
+    "test": ["qemu-system-x86_64", "qemu-img"],
+}
+
+
+def run_doctor() -> bool:
+    table = Table(title="openos365 host check")
+    table.add_column("command")
+    table.add_column("tool")
+    table.add_column("status")
+    table.add_column("install (Debian / Fedora / openSUSE)")
+    ok = True
+    for command, commands in NEEDS.items():
+        for name in commands:
+            tool = tools.TOOLS[name]
+            found = which(name)
+            ok = ok and bool(found)
+            table.add_row(command, name, f"[green]{found}[/green]" if found else "[red]missing[/red]",
+                          "" if found else f"{tool.debian} / {tool.fedora} / {tool.opensuse}")
+    log.console.print(table)
+    version = tools.e2fsprogs_version()
+    if version is not None and not tools.reproducible_ext4():
+        log.warn(f"e2fsprogs {'.'.join(map(str, version))} < 1.47.1: ext4 disks are not byte-reproducible "
+                 "(Debian 12: apt-get install -t bookworm-backports e2fsprogs)")
+    if not any(os.path.exists(p) for p in tools.OVMF_CODE_CANDIDATES):
+        log.warn("no OVMF firmware: `openos365 test --firmware uefi` needs it (Debian: ovmf, Fedora: edk2-ovmf)")
+    engines = [e for e in ("podman", "buildah", "docker") if which(e)]
+    log.info(f"container engines found: {', '.join(engines) or 'none'}")
+    log.info(f"KVM: {'usable' if os.access('/dev/kvm', os.R_OK | os.W_OK) else 'not available'} "
+             "(boot tests fall back to TCG)")
+    return ok

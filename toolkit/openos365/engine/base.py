@@ -1,0 +1,113 @@
+"""The engine interface and the data it returns."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import UserError
+from ..runner import run
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str                      # config digest without "sha256:", the cache key of everything downstream
+    names: tuple[str, ...]
+    created: int                 # epoch seconds; the default SOURCE_DATE_EPOCH of exports
+    config: dict[str, Any]       # Env, Entrypoint, Cmd, Labels, ...
+    digest: str | None = None    # manifest digest, when the engine knows it
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    containerfile: Path
+    context: Path
+    tags: list[str]
+    build_args: dict[str, str] = field(default_factory=dict)
+    cache_from: str | None = None     # a registry repository used as a shared layer cache
+    cache_to: str | None = None
+    no_cache: bool = False
+
+
+def parse_created(text: str) -> int:
+    """RFC 3339 with nanoseconds (podman/docker) -> epoch seconds."""
+    text = text.strip()
+    main, _, rest = text.partition(".")
+    zone = ""
+    if rest:
+        digits = ""
+        for i, ch in enumerate(rest):
+            if not ch.isdigit():
+                zone = rest[i:]
+                break
+            digits += ch
+    else:
+        for marker in ("Z", "+"):
+            if marker in main[10:]:
+                idx = main.index(marker, 10)
+                main, zone = main[:idx], main[idx:]
+                break
+    zone = zone.strip().replace("Z", "+00:00").split(" ")[0] or "+00:00"
+    if len(zone) == 5 and zone[0] in "+-":  # +0000
+        zone = zone[:3] + ":" + zone[3:]
+    return int(datetime.fromisoformat(main + zone).timestamp())
+
+
+class Engine(ABC):
+    name: str = ""
+    binary: str = ""
+    package: str = ""
+    can_export_rootfs: bool = True   # False: rootfs comes from an OCI archive (save) instead
+
+    def _json(self, argv: list[str], **kwargs: Any) -> Any:
+        return json.loads(run(argv, capture=True, **kwargs).stdout or "null")
+
+    @abstractmethod
+    def build(self, request: BuildRequest, on_line: Any = None) -> str:
+        """Build; returns the image id."""
+
+    @abstractmethod
+    def exists(self, ref: str) -> bool: ...
+
+    @abstractmethod
+    def inspect(self, ref: str) -> ImageInfo: ...
+
+    @abstractmethod
+    def tag(self, ref: str, target: str) -> None: ...
+
+    @abstractmethod
+    def export_rootfs(self, ref: str) -> AbstractContextManager[IO[bytes]]:
+        """A tar stream of the image's flattened root tree."""
+
+    @abstractmethod
+    def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
+        """Write a docker-archive or oci-archive of ref to path (tagged `name`, when given)."""
+
+    @abstractmethod
+    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str: ...
+
+    @abstractmethod
+    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...
+
+    @abstractmethod
+    def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...
+
+    def require(self, ref: str) -> ImageInfo:
+        if not self.exists(ref):
+            raise UserError(f"image '{ref}' does not exist in {self.name}'s local store",
+                            hint=f"build it (openos365 build layers/NAME) or pull it (openos365 pull {ref})")
+        return self.inspect(ref)
+
+    def versions(self) -> str:
+        return run([self.binary, "--version"], capture=True, check=False).stdout.strip()
+
+
+def stream_lines(stream: IO[bytes]) -> Iterator[str]:
+    for raw in stream:
+        yield raw.decode(errors="replace").rstrip("\n")

@@ -1,0 +1,81 @@
+"""docker: builds through the daemon (BuildKit), no isolation flag; OCI archives go through skopeo."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from ..runner import run, stream_stdout, succeeds
+from .base import BuildRequest, Engine, ImageInfo, parse_created
+
+
+class Docker(Engine):
+    name = "docker"
+    binary = "docker"
+    package = "docker.io"
+
+    def build(self, request: BuildRequest, on_line: Callable[[str], None] | None = None) -> str:
+        with tempfile.TemporaryDirectory(prefix="openos365-build-") as tmp:
+            iidfile = os.path.join(tmp, "iid")
+            argv = ["docker", "build", f"--iidfile={iidfile}", "-f", str(request.containerfile)]
+            for tag in request.tags:
+                argv += ["-t", tag]
+            for key, value in sorted(request.build_args.items()):
+                argv += ["--build-arg", f"{key}={value}"]
+            if request.cache_from:
+                argv.append(f"--cache-from=type=registry,ref={request.cache_from}")
+            if request.cache_to:
+                argv.append(f"--cache-to=type=registry,ref={request.cache_to},mode=max")
+            if request.no_cache:
+                argv.append("--no-cache")
+            run([*argv, str(request.context)], on_line=on_line, step=f"build {request.containerfile}")
+            return Path(iidfile).read_text().strip().removeprefix("sha256:")
+
+    def exists(self, ref: str) -> bool:
+        return succeeds(["docker", "image", "inspect", ref])
+
+    def inspect(self, ref: str) -> ImageInfo:
+        data = self._json(["docker", "image", "inspect", ref])[0]
+        digests = data.get("RepoDigests") or []
+        return ImageInfo(id=data["Id"].removeprefix("sha256:"), names=tuple(data.get("RepoTags") or ()),
+                         created=parse_created(data["Created"]), config=data.get("Config") or {},
+                         digest=digests[0].split("@")[-1] if digests else None)
+
+    def tag(self, ref: str, target: str) -> None:
+        run(["docker", "tag", ref, target], capture=True)
+
+    @contextmanager
+    def export_rootfs(self, ref: str) -> Iterator[IO[bytes]]:
+        cid = run(["docker", "create", ref, "true"], capture=True).stdout.strip()
+        try:
+            with stream_stdout(["docker", "export", cid], step=f"export {ref}") as stream:
+                yield stream
+        finally:
+            run(["docker", "rm", "-f", cid], capture=True, check=False)
+
+    def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
+        if fmt == "docker-archive":
+            if name and name != ref:
+                self.tag(ref, name)
+            run(["docker", "save", "-o", str(path), name or ref], capture=True, step="docker save")
+        else:
+            dest = f"oci-archive:{path}" + (f":{name}" if name else "")
+            run(["skopeo", "copy", f"docker-daemon:{ref}", dest], capture=True, step="save oci-archive")
+
+    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
+        argv = ["docker", "import"]
+        for change in changes:
+            argv += ["--change", change]
+        return run([*argv, str(path), ref], capture=True).stdout.strip().removeprefix("sha256:")
+
+    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+        run(["docker", "pull", ref], step=f"pull {ref}")  # TLS and credentials: the daemon's config
+
+    def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+        if dest != ref:
+            self.tag(ref, dest)
+        run(["docker", "push", dest], step=f"push {dest}")

@@ -1,0 +1,197 @@
+"""podman (and buildah, which shares its image store and most of its flags)."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from .. import log
+from ..errors import CommandError
+from ..runner import run, stream_stdout, succeeds
+from .base import BuildRequest, Engine, ImageInfo, parse_created
+
+_STEP_RE = re.compile(r"^(STEP \d+/\d+: .*)$")
+_REGISTRY_HINT = ("check that the registry is reachable and the name is right; for a registry without TLS "
+                  "pass --tls-verify=false; log in with `podman login` (credentials stay in its auth file)")
+
+
+def _tls_flags(tls_verify: bool, authfile: str | None) -> list[str]:
+    flags = [f"--tls-verify={'true' if tls_verify else 'false'}"]
+    if authfile:
+        flags.append(f"--authfile={authfile}")
+    return flags
+
+
+class Podman(Engine):
+    name = "podman"
+    binary = "podman"
+    package = "podman"
+    _isolation_cache: dict[str, str] = {}
+
+    def isolation(self, probe_image: str | None) -> str:
+        """'oci' where the engine can start containers, else 'chroot'.
+
+        Hosts with cgroups v1 in hybrid mode and many CI containers cannot create OCI containers
+        (crun: 'setrlimit RLIMIT_NOFILE: Operation not permitted'); RUN steps still work under chroot
+        isolation. $OPENOS365_ISOLATION (or BUILDAH_ISOLATION) forces a choice.
+        """
+        forced = os.environ.get("OPENOS365_ISOLATION") or os.environ.get("BUILDAH_ISOLATION")
+        if forced:
+            return forced
+        if "value" in self._isolation_cache:
+            return self._isolation_cache["value"]
+        if probe_image is None:
+            return "oci"
+        ok = succeeds([self.binary, "run", "--rm", "--network=none", "--pull=never", probe_image, "true"])
+        value = "oci" if ok else "chroot"
+        if not ok:
+            log.note(f"{self.binary} cannot start containers here (cgroups/OCI runtime); "
+                     "building with --isolation=chroot")
+        self._isolation_cache["value"] = value
+        return value
+
+    def _build_argv(self, request: BuildRequest, iidfile: str, isolation: str) -> list[str]:
+        argv = [self.binary, "build", "--layers", f"--isolation={isolation}", f"--iidfile={iidfile}",
+                "-f", str(request.containerfile)]
+        if isolation == "chroot":
+            argv.append("--network=host")  # chroot isolation has no network namespace of its own
+        for tag in request.tags:
+            argv += ["-t", tag]
+        for key, value in sorted(request.build_args.items()):
+            argv += ["--build-arg", f"{key}={value}"]
+        if request.cache_from:
+            argv += [f"--cache-from={request.cache_from}"]
+        if request.cache_to:
+            argv += [f"--cache-to={request.cache_to}"]
+        if request.no_cache:
+            argv.append("--no-cache")
+        argv.append(str(request.context))
+        return argv
+
+    def build(self, request: BuildRequest, on_line: Callable[[str], None] | None = None) -> str:
+        probe = request.build_args.get("PARENT")
+        isolation = self.isolation(probe)
+        current = {"step": "FROM"}
+
+        def watch(line: str) -> None:
+            match = _STEP_RE.match(line)
+            if match:
+                current["step"] = match.group(1)
+                log.info(match.group(1)[:120])
+            if on_line is not None:
+                on_line(line)
+
+        with tempfile.TemporaryDirectory(prefix="openos365-build-") as tmp:
+            iidfile = os.path.join(tmp, "iid")
+            try:
+                run(self._build_argv(request, iidfile, isolation), on_line=watch)
+            except CommandError as exc:
+                raise CommandError(exc.argv, exc.returncode, exc.tail,
+                                   step=f"{request.containerfile}: {current['step']}",
+                                   hint="fix the failing step in the Containerfile; the lines above are its "
+                                   "last output (--verbose shows all)") from exc
+            return Path(iidfile).read_text().strip().removeprefix("sha256:")
+
+    def exists(self, ref: str) -> bool:
+        return succeeds([self.binary, "image", "exists", ref])
+
+    def inspect(self, ref: str) -> ImageInfo:
+        data = self._json([self.binary, "image", "inspect", ref])[0]
+        return ImageInfo(
+            id=data["Id"].removeprefix("sha256:"),
+            names=tuple(data.get("RepoTags") or data.get("Names") or ()),
+            created=parse_created(data["Created"]),
+            config=data.get("Config") or {},
+            digest=data.get("Digest"),
+        )
+
+    def tag(self, ref: str, target: str) -> None:
+        run([self.binary, "tag", ref, target], capture=True)
+
+    @contextmanager
+    def export_rootfs(self, ref: str) -> Iterator[IO[bytes]]:
+        cid = run([self.binary, "create", "--pull=never", ref, "true"], capture=True,
+                  step=f"create a container of {ref}").stdout.strip()
+        try:
+            with stream_stdout([self.binary, "export", cid], step=f"export {ref}") as stream:
+                yield stream
+        finally:
+            run([self.binary, "rm", "-f", cid], capture=True, check=False)
+
+    def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
+        source = ref
+        if name and name != ref:
+            self.tag(ref, name)
+            source = name
+        run([self.binary, "save", "--format", fmt, "-o", str(path), source], capture=True,
+            step=f"save {fmt}")
+
+    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
+        argv = [self.binary, "import"]
+        for change in changes:
+            argv += ["--change", change]
+        out = run([*argv, str(path), ref], capture=True, step=f"import {ref}").stdout
+        return out.strip().splitlines()[-1].removeprefix("sha256:")
+
+    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+        run([self.binary, "pull", *_tls_flags(tls_verify, authfile), ref], step=f"pull {ref}",
+            hint=_REGISTRY_HINT)
+
+    def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+        run([self.binary, "push", *_tls_flags(tls_verify, authfile), ref, f"docker://{dest}"],
+            step=f"push {dest}", hint=_REGISTRY_HINT)
+
+
+class Buildah(Podman):
+    """buildah shares podman's store; it has no `export`, so the tree comes from an OCI archive."""
+
+    name = "buildah"
+    binary = "buildah"
+    package = "buildah"
+    can_export_rootfs = False
+
+    def isolation(self, probe_image: str | None) -> str:
+        forced = os.environ.get("OPENOS365_ISOLATION") or os.environ.get("BUILDAH_ISOLATION")
+        if forced:
+            return forced
+        # buildah cannot probe without starting a container; chroot works everywhere it runs.
+        return "chroot"
+
+    def exists(self, ref: str) -> bool:
+        return succeeds([self.binary, "inspect", "--type", "image", ref])
+
+    def inspect(self, ref: str) -> ImageInfo:
+        data = self._json([self.binary, "inspect", "--type", "image", ref])
+        oci = data.get("OCIv1") or {}
+        return ImageInfo(
+            id=data["FromImageID"].removeprefix("sha256:"),
+            names=tuple(data.get("Images") or ()),
+            created=parse_created(oci.get("created", "1970-01-01T00:00:00Z")),
+            config=oci.get("config") or {},
+            digest=data.get("FromImageDigest"),
+        )
+
+    def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
+        dest = f"{fmt}:{path}" + (f":{name}" if name else "")
+        run([self.binary, "push", ref, dest], capture=True, step=f"save {fmt}")
+
+    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
+        cid = run([self.binary, "from", "scratch"], capture=True).stdout.strip()
+        try:
+            run([self.binary, "add", cid, str(path), "/"], capture=True, step=f"import {ref}")
+            for change in changes:
+                key, _, value = change.partition(" ")
+                run([self.binary, "config", f"--{key.lower()}", value, cid], capture=True)
+            return run([self.binary, "commit", "--rm", cid, ref], capture=True).stdout.strip()
+        except BaseException:
+            run([self.binary, "rm", cid], capture=True, check=False)
+            raise
+
+    def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+        run([self.binary, "push", *_tls_flags(tls_verify, authfile), ref, f"docker://{dest}"],
+            step=f"push {dest}", hint=_REGISTRY_HINT)

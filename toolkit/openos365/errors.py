@@ -1,0 +1,47 @@
+"""The few domain errors. cli.py turns them into messages and exit codes; nothing else exits."""
+
+from __future__ import annotations
+
+
+class OpenOSError(Exception):
+    """Base class: a failure the user can act on. `hint` says what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UserError(OpenOSError):
+    """Bad input: a file, a key, an option or an image reference that is wrong."""
+
+    exit_code = 2
+
+
+class MissingToolError(OpenOSError):
+    """A host tool an operation needs is not installed."""
+
+    exit_code = 3
+
+
+class CommandError(OpenOSError):
+    """A process failed. Carries the argv, the exit status and the last lines of output."""
+
+    def __init__(self, argv: list[str], returncode: int, tail: list[str], step: str | None = None,
+                 hint: str | None = None):
+        import shlex
+
+        where = f" during '{step}'" if step else ""
+        super().__init__(f"{shlex.join(argv)!s} failed with exit status {returncode}{where}", hint)
+        self.argv = argv
+        self.returncode = returncode
+        self.tail = tail
+        self.step = step
+
+
+class BootTestError(OpenOSError):
+    """A booted artifact did not report success."""
+
+    exit_code = 4

@@ -1,0 +1,117 @@
+"""The export pipeline: validate, check tools, resolve the source, run the exporter, publish atomically."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, log, tools
+from .artifacts import describe, sha256_of, write_checksum, write_manifest
+from .errors import UserError
+from .exporters import EXPORTERS, ExportContext, Exporter
+from .sources import Source, resolve
+
+
+def get_exporter(fmt: str) -> Exporter:
+    if fmt not in EXPORTERS:
+        raise UserError(f"unknown output format '--to {fmt}'", hint=f"use one of: {', '.join(EXPORTERS)}")
+    return EXPORTERS[fmt]
+
+
+def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, dry_run: bool,
+               engine_name: str | None, workdir: Path, tls_verify: bool = True) -> list[Path]:
+    exporter = get_exporter(fmt)
+    outdir = outdir.resolve()
+    if dry_run:
+        return _dry_run(spec, exporter, outdir, overrides)
+    tools.require(exporter.required_tools(_preview_options(spec, overrides)), purpose=f"--to {fmt}")
+    started = time.monotonic()
+    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify)
+    options = source.defaults.merged(overrides)
+    if options.ssh_key and not Path(options.ssh_key).is_file():
+        raise UserError(f"--ssh-key {options.ssh_key}: no such file", hint="give the path of a public key (*.pub)")
+    scratch = outdir / f".openos365-work-{options.name or source.name}-{fmt}"
+    ctx = ExportContext(source=source, options=options, outdir=outdir, scratch=scratch)
+    try:
+        with log.step(f"Exporting {spec} to {fmt}"):
+            paths, details = exporter.export(ctx)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    files = [p for p in paths if p.is_file()]
+    for path in files:
+        write_checksum(path)
+    write_manifest(outdir, f"{ctx.name}.{fmt}", _manifest(source, fmt, options, files, details))
+    log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
+    return paths
+
+
+def _preview_options(spec: str, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from .config import ExportOptions
+    from .layers import is_layer_dir
+
+    defaults = ExportOptions()
+    if is_layer_dir(Path(spec)):
+        from .config import load_layer
+
+        defaults = load_layer(Path(spec)).export
+    return defaults.merged(overrides)
+
+
+def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, Any]) -> list[Path]:
+    options = _preview_options(spec, overrides)
+    placeholder = Source(spec=spec, name=options.name or Path(spec.split(":")[-1]).name or "image",
+                         image_id="<image id>", ref=None, tree=Path("<flattened tree>"), epoch=0, config={},
+                         layer=None, engine=None)
+    ctx = ExportContext(source=placeholder, options=options, outdir=outdir, scratch=outdir / ".work")
+    log.info(f"plan for --to {exporter.name} {spec}:")
+    log.info(f"  1. build or find {spec} and flatten it (cached by image id)")
+    for number, line in enumerate(exporter.plan(ctx), 2):
+        log.info(f"  {number}. {line}")
+    absent = tools.missing(exporter.required_tools(options))
+    if absent:
+        log.warn("missing tools: " + ", ".join(f"{t.command} ({t.debian})" for t in absent))
+    return []
+
+
+def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details: dict[str, Any]) -> dict[str, Any]:
+    opts = {k: v for k, v in vars(options).items() if v is not None}
+    return {
+        "format": fmt,
+        "source": source.spec,
+        "image_id": f"sha256:{source.image_id}",
+        "image_ref": source.ref,
+        "source_date_epoch": source.epoch,
+        "options": opts,
+        "files": {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in files},
+        "packages": installed_packages(source.tree),
+        "tools": {"openos365": __version__, "python": platform.python_version(), **tool_versions()},
+        **details,
+    }
+
+
+def installed_packages(tree: Path) -> list[str]:
+    """name=version of the packages installed in a Debian-family tree (dpkg status); [] elsewhere."""
+    status = tree / "var/lib/dpkg/status"
+    if not status.is_file():
+        return []
+    packages, name, version, installed = [], "", "", False
+    for line in [*status.read_text(errors="replace").splitlines(), ""]:
+        if line.startswith("Package: "):
+            name = line[9:]
+        elif line.startswith("Version: "):
+            version = line[9:]
+        elif line.startswith("Status: "):
+            installed = line.endswith(" installed")
+        elif not line.strip():
+            if name and installed:
+                packages.append(f"{name}={version}")
+            name, version, installed = "", "", False
+    return sorted(packages)
+
+
+def tool_versions() -> dict[str, str]:
+    version = tools.e2fsprogs_version()
+    return {"e2fsprogs": ".".join(map(str, version))} if version else {}

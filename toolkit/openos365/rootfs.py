@@ -1,0 +1,230 @@
+"""Image reference -> flattened root tree, cached by image id.
+
+Sources: a local image of the engine (streamed `export`), or an OCI/docker archive or OCI layout on disk
+(layers applied in order by tarapply, whiteouts included), which needs no engine at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import log
+from .engine import Engine
+from .errors import UserError
+from .runner import run, stream_stdout
+from .tarapply import LayerApplier
+
+ARCHIVE_PREFIXES = ("oci-archive:", "docker-archive:", "oci:")
+_KEEP_TREES = 3
+
+
+@dataclass(frozen=True)
+class ArchiveImage:
+    """An image in an archive file or OCI layout directory: its config and layer blobs."""
+
+    transport: str                 # oci-archive | docker-archive | oci
+    path: Path
+    config: dict[str, Any]
+    config_digest: str
+    layers: tuple[tuple[str, str], ...]   # (member path in archive or file path, media type)
+
+    @property
+    def id(self) -> str:
+        return self.config_digest.removeprefix("sha256:")
+
+
+def _blob_path(digest: str) -> str:
+    algo, _, hexdigest = digest.partition(":")
+    return f"blobs/{algo}/{hexdigest}"
+
+
+class _Reader:
+    """Reads named members of a tar archive, or files of a directory, uniformly."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tar = None if path.is_dir() else tarfile.open(path, "r:")
+
+    def open(self, name: str) -> IO[bytes]:
+        if self.tar is None:
+            return open(self.path / name, "rb")
+        member = self.tar.extractfile(name.lstrip("./") if name.startswith("./") else name)
+        if member is None:
+            raise UserError(f"{self.path}: '{name}' is not a file in the archive")
+        return member
+
+    def json(self, name: str) -> Any:
+        try:
+            with self.open(name) as fh:
+                return json.load(fh)
+        except KeyError as exc:
+            raise UserError(f"{self.path}: not an image archive ('{name}' is missing)",
+                            hint="give an oci-archive, docker-archive or OCI layout written by "
+                            "podman save, docker save or skopeo") from exc
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+
+def parse_archive_ref(spec: str) -> tuple[str, Path]:
+    transport, _, rest = spec.partition(":")
+    path = Path(rest.split(":", 1)[0] if not Path(rest).exists() else rest)
+    if not path.exists():
+        raise UserError(f"{spec}: {path} does not exist", hint="check the path after the transport prefix")
+    return transport, path
+
+
+def read_archive(spec: str) -> ArchiveImage:
+    transport, path = parse_archive_ref(spec)
+    reader = _Reader(path)
+    try:
+        if transport == "docker-archive":
+            manifest = reader.json("manifest.json")[0]
+            config_name = manifest["Config"]
+            config = reader.json(config_name)
+            digest = "sha256:" + Path(config_name).name.removesuffix(".json")
+            layers = tuple((name, "tar") for name in manifest["Layers"])
+        else:
+            index = reader.json("index.json")
+            manifest = reader.json(_blob_path(index["manifests"][0]["digest"]))
+            if "manifests" in manifest:  # an image index: take the first (linux/amd64 for our images)
+                manifest = reader.json(_blob_path(manifest["manifests"][0]["digest"]))
+            digest = manifest["config"]["digest"]
+            config = reader.json(_blob_path(digest))
+            layers = tuple((_blob_path(layer["digest"]), layer.get("mediaType", "")) for layer in
+                           manifest["layers"])
+    finally:
+        reader.close()
+    return ArchiveImage(transport, path, config, digest, layers)
+
+
+def _apply_archive(image: ArchiveImage, applier: LayerApplier) -> None:
+    reader = _Reader(image.path)
+    try:
+        for index, (name, media_type) in enumerate(image.layers, 1):
+            with log.step(f"Layer {index}/{len(image.layers)}"), _layer_stream(reader, name, media_type) as fh:
+                applier.apply(fh, f"{image.path}:{name}")
+    finally:
+        reader.close()
+
+
+@contextmanager
+def _layer_stream(reader: _Reader, name: str, media_type: str) -> Iterator[IO[bytes]]:
+    if media_type.endswith("zstd"):  # tarfile has no zstd: decompress through the zstd tool
+        if reader.tar is not None:
+            raise UserError(f"{reader.path}: zstd layers inside an archive are not supported",
+                            hint="convert it: skopeo copy --dest-compress-format gzip ...")
+        with stream_stdout(["zstd", "-dc", str(reader.path / name)]) as fh:
+            yield fh
+        return
+    with reader.open(name) as fh:
+        yield fh
+
+
+class TreeCache:
+    """Flattened trees under <workdir>/rootfs/<image id>-<epoch>/, complete or absent."""
+
+    def __init__(self, workdir: Path):
+        self.base = workdir / "rootfs"
+
+    def path(self, image_id: str, epoch: int) -> Path:
+        return self.base / f"{image_id[:32]}-{epoch}"
+
+    def get(self, image_id: str, epoch: int) -> Path | None:
+        tree = self.path(image_id, epoch)
+        return tree / "tree" if (tree / "complete").exists() else None
+
+    @contextmanager
+    def fill(self, image_id: str, epoch: int) -> Iterator[Path]:
+        final = self.path(image_id, epoch)
+        temp = final.with_name(final.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(temp, ignore_errors=True)
+        (temp / "tree").mkdir(parents=True)
+        try:
+            yield temp / "tree"
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        (temp / "complete").write_text(f"{image_id}\n")
+        shutil.rmtree(final, ignore_errors=True)
+        temp.rename(final)
+        self._prune(keep=final)
+
+    def _prune(self, keep: Path) -> None:
+        trees = sorted((p for p in self.base.iterdir() if (p / "complete").exists() and p != keep),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in trees[_KEEP_TREES - 1:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def flatten_engine_image(engine: Engine, ref: str, image_id: str, epoch: int, cache: TreeCache,
+                         workdir: Path) -> Path:
+    cached = cache.get(image_id, epoch)
+    if cached is not None:
+        log.note(f"flattened tree of {image_id[:12]} is cached: {cached}")
+        os.utime(cached.parent)
+        return cached
+    with log.step(f"Flattening {ref}"), cache.fill(image_id, epoch) as tree:
+        started = time.monotonic()
+        applier = LayerApplier(str(tree), clamp_mtime=epoch)
+        if engine.can_export_rootfs:
+            with engine.export_rootfs(ref) as stream:
+                applier.apply(stream, ref)
+        else:
+            archive = workdir / f"tmp-{os.getpid()}.oci.tar"
+            try:
+                engine.save(ref, archive, "oci-archive")
+                _apply_archive(read_archive(f"oci-archive:{archive}"), applier)
+            finally:
+                archive.unlink(missing_ok=True)
+        _report(applier, time.monotonic() - started)
+    return cache.path(image_id, epoch) / "tree"
+
+
+def flatten_archive(spec: str, epoch: int | None, cache: TreeCache) -> tuple[Path, ArchiveImage, int]:
+    image = read_archive(spec)
+    epoch = epoch if epoch is not None else _created(image.config)
+    cached = cache.get(image.id, epoch)
+    if cached is not None:
+        return cached, image, epoch
+    with log.step(f"Flattening {spec}"), cache.fill(image.id, epoch) as tree:
+        started = time.monotonic()
+        applier = LayerApplier(str(tree), clamp_mtime=epoch)
+        _apply_archive(image, applier)
+        _report(applier, time.monotonic() - started)
+    return cache.path(image.id, epoch) / "tree", image, epoch
+
+
+def _created(config: dict[str, Any]) -> int:
+    from .engine.base import parse_created
+
+    created = config.get("created")
+    return parse_created(created) if created else 0
+
+
+def _report(applier: LayerApplier, seconds: float) -> None:
+    stats = applier.finish()
+    log.note(f"{stats.entries} entries, {log.human_size(stats.bytes)} in {seconds:.1f}s")
+    if stats.skipped_devices:
+        log.warn(f"{stats.skipped_devices} device nodes skipped: creating them needs root")
+    if stats.skipped_xattrs:
+        log.warn(f"{stats.skipped_xattrs} extended attributes could not be set (needs root or a "
+                 "filesystem with xattr support)")
+
+
+def copy_tree(source: Path, dest: Path) -> None:
+    """A private, writable copy of a cached tree for an exporter to customise (reflinks where possible)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    run(["cp", "-a", "--reflink=auto", f"{source}/.", f"{dest}/"], step="copy the root tree", capture=True)

@@ -1,0 +1,154 @@
+"""The one place that starts processes.
+
+run() logs `+ argv`, streams output (shown with --verbose), keeps the last lines so a failure can show
+them, and raises CommandError naming the step. Nothing else in openos365 calls subprocess.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from . import log
+from .errors import CommandError, MissingToolError
+
+TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    tail: list[str]
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    if not extra:
+        return None
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    step: str | None = None,
+    capture: bool = False,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    input_text: str | None = None,
+    stdout_file: IO[bytes] | None = None,
+    hint: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> Result:
+    """Run argv. With capture=True stdout is returned (stderr still streams to the tail).
+
+    stdout_file sends stdout to an open binary file instead (for `podman save`-style producers).
+    """
+    args = [os.fspath(a) for a in argv]
+    log.command(shlex.join(args))
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    captured: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=stdout_file if stdout_file is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE if capture or stdout_file is not None else subprocess.STDOUT,
+            env=_env(env),
+            cwd=cwd,
+        )
+    except FileNotFoundError as exc:
+        raise MissingToolError(f"'{args[0]}' is not installed", hint="run `openos365 doctor` to see which "
+                               "package provides it") from exc
+    if input_text is not None:
+        assert proc.stdin is not None
+        proc.stdin.write(input_text.encode())
+        proc.stdin.close()
+    if capture:
+        out, err = proc.communicate()
+        captured.append(out.decode(errors="replace"))
+        for line in err.decode(errors="replace").splitlines():
+            tail.append(line)
+            log.output_line(line)
+    else:
+        stream = proc.stderr if stdout_file is not None else proc.stdout
+        assert stream is not None
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            tail.append(line)
+            log.output_line(line)
+            if on_line is not None:
+                on_line(line)
+        proc.wait()
+    result = Result(args, proc.returncode, "".join(captured), list(tail))
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, list(tail), step=step, hint=hint)
+    return result
+
+
+def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
+    """Run and return stdout, stripped."""
+    return run(argv, capture=True, **kwargs).stdout.strip()  # type: ignore[arg-type]
+
+
+def succeeds(argv: Sequence[str | os.PathLike[str]]) -> bool:
+    """True when argv exits 0. Its output is discarded (kept in the tail for verbose logs)."""
+    try:
+        return run(argv, capture=True, check=False).returncode == 0
+    except MissingToolError:
+        return False
+
+
+@contextmanager
+def stream_stdout(argv: Sequence[str | os.PathLike[str]], *, step: str | None = None,
+                  hint: str | None = None) -> Iterator[IO[bytes]]:
+    """Start argv and yield its stdout as a binary stream (e.g. `podman export` piped into a tar reader).
+
+    The process is waited for on exit; a non-zero status raises CommandError with its stderr tail.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.command(shlex.join(args))
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise MissingToolError(f"'{args[0]}' is not installed", hint="run `openos365 doctor`") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    failed = False
+    try:
+        yield proc.stdout
+    except BaseException:
+        failed = True
+        proc.kill()
+        raise
+    finally:
+        # drain what is left so the producer can exit, then collect stderr
+        if not failed:
+            proc.stdout.read()
+        err = proc.stderr.read().decode(errors="replace").splitlines()
+        proc.wait()
+    if proc.returncode != 0:
+        raise CommandError(args, proc.returncode, err[-TAIL_LINES:], step=step, hint=hint)
+
+
+def which(tool: str) -> str | None:
+    """Find a tool on PATH, also in the sbin directories a non-root PATH may lack."""
+    found = shutil.which(tool)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/sbin"):
+        candidate = Path(directory) / tool
+        if candidate.exists():
+            return str(candidate)
+    return None
