@@ -44,7 +44,7 @@ class ExportOptions:
     hostname: str | None = None
     user: str | None = None              # a user created in the image, with sudo rights
     ssh_key: str | None = None           # path of a public key file for `user` (or root)
-    compression: str = "zstd"            # for squashfs/ISO and compressed outputs
+    compression: str | None = None       # None: the exporter's default (zstd for ISO/KIS, none for disks)
     rootfs: str = "squashfs"             # KIS root filesystem type
     label: str = "OPENOS365"             # ISO volume label
     publisher: str = "openos365"
@@ -62,7 +62,7 @@ def validate_export(opts: ExportOptions, *, where: str) -> ExportOptions:
 
     if opts.firmware not in FIRMWARES:
         raise bad("firmware", opts.firmware, FIRMWARES)
-    if opts.compression not in COMPRESSIONS:
+    if opts.compression is not None and opts.compression not in COMPRESSIONS:
         raise bad("compression", opts.compression, COMPRESSIONS)
     if opts.rootfs not in ROOTFS_TYPES:
         raise bad("rootfs", opts.rootfs, ROOTFS_TYPES)

@@ -72,17 +72,18 @@ def run(
     except FileNotFoundError as exc:
         raise MissingToolError(f"'{args[0]}' is not installed", hint="run `openos365 doctor` to see which "
                                "package provides it") from exc
-    if input_text is not None:
-        assert proc.stdin is not None
-        proc.stdin.write(input_text.encode())
-        proc.stdin.close()
+    data = input_text.encode() if input_text is not None else None
     if capture:
-        out, err = proc.communicate()
+        out, err = proc.communicate(data)
         captured.append(out.decode(errors="replace"))
         for line in err.decode(errors="replace").splitlines():
             tail.append(line)
             log.output_line(line)
     else:
+        if data is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(data)
+            proc.stdin.close()
         stream = proc.stderr if stdout_file is not None else proc.stdout
         assert stream is not None
         for raw in stream:
