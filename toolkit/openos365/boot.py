@@ -17,6 +17,7 @@ from typing import Any
 
 from . import log
 from .errors import UserError
+from .rootfs import clamp_mtimes  # noqa: F401  (exporters use boot.clamp_mtimes)
 
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
 
@@ -227,16 +228,6 @@ def _authorized_key(tree: Path, user: str, home: Path, uid: int, gid: int, key: 
     write_file(tree, f"{home}/.ssh/authorized_keys", key, 0o600, epoch, owner=(uid, gid))
     if os.geteuid() == 0:
         os.chown(ssh_dir, uid, gid)
-
-
-def clamp_mtimes(tree: Path, epoch: int) -> None:
-    """Anything newer than SOURCE_DATE_EPOCH is set to it (files written by the exporter, their dirs)."""
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            if os.lstat(path).st_mtime > epoch:
-                os.utime(path, (epoch, epoch), follow_symlinks=False)
-    os.utime(tree, (epoch, epoch))
 
 
 def tree_size(tree: Path) -> tuple[int, int]:

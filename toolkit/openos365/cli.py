@@ -80,6 +80,7 @@ def build_cmd(
 def layers(root: Annotated[Path, typer.Argument(help="the layers directory")] = Path("layers"),
            engine: EngineOpt = None) -> None:
     """Show the layer tree: parent, image, and whether it is built."""
+    from rich.markup import escape
     from rich.tree import Tree
 
     from .engine import detect
@@ -97,12 +98,12 @@ def layers(root: Annotated[Path, typer.Argument(help="the layers directory")] = 
                 parent_node = nodes.get(layer.parent, top)
                 built = "built" if eng.exists(layer.ref) else "not built"
                 origin = f" from {layer.base_image}" if layer.base_image else ""
-                nodes[layer.name] = parent_node.add(f"{layer.name}: {layer.ref} [{built}]{origin}")
+                nodes[layer.name] = parent_node.add(escape(f"{layer.name}: {layer.ref} [{built}]{origin}"))
                 pending.remove(layer)
                 progressed = True
         if not progressed:
             for layer in pending:
-                top.add(f"{layer.name}: parent '{layer.parent}' missing or in a cycle")
+                top.add(escape(f"{layer.name}: parent '{layer.parent}' missing or in a cycle"))
             break
     log.console.print(top)
 
@@ -235,13 +236,15 @@ def main() -> None:
 
 
 def _report(exc: OpenOSError) -> None:
-    log.console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+    from rich.markup import escape
+
+    log.console.print(f"[bold red]error:[/bold red] {escape(exc.message)}", highlight=False)
     if isinstance(exc, CommandError) and exc.tail:
         log.console.print("[dim]last lines of its output:[/dim]")
         for line in exc.tail[-15:]:
             log.console.out(f"  {line}", highlight=False)
     if exc.hint:
-        log.console.print(f"[bold]hint:[/bold] {exc.hint}", highlight=False)
+        log.console.print(f"[bold]hint:[/bold] {escape(exc.hint)}", highlight=False)
 
 
 if __name__ == "__main__":

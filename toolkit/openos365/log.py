@@ -12,8 +12,10 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: never break lines; logs are piped and grepped as often as they are read on a terminal
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _state = {"verbose": False, "json": False, "depth": 0}
 
@@ -39,20 +41,20 @@ def _indent() -> str:
 def info(message: str) -> None:
     _event("info", message=message)
     if not _state["json"]:
-        console.print(f"{_indent()}{message}")
+        console.print(f"{_indent()}{escape(message)}")
 
 
 def note(message: str) -> None:
     """Detail shown with --verbose only."""
     _event("note", message=message)
     if _state["verbose"] and not _state["json"]:
-        console.print(f"{_indent()}[dim]{message}[/dim]")
+        console.print(f"{_indent()}[dim]{escape(message)}[/dim]")
 
 
 def warn(message: str) -> None:
     _event("warning", message=message)
     if not _state["json"]:
-        console.print(f"{_indent()}[yellow]warning:[/yellow] {message}")
+        console.print(f"{_indent()}[yellow]warning:[/yellow] {escape(message)}")
 
 
 def command(argv_text: str) -> None:
@@ -67,7 +69,7 @@ def output_line(line: str) -> None:
 def done(message: str) -> None:
     _event("done", message=message)
     if not _state["json"]:
-        console.print(f"[bold green]{message}[/bold green]")
+        console.print(f"[bold green]{escape(message)}[/bold green]")
 
 
 @contextlib.contextmanager
@@ -76,7 +78,7 @@ def step(title: str) -> Iterator[None]:
     start = time.monotonic()
     _event("step-start", step=title)
     if not _state["json"]:
-        console.print(f"{_indent()}[bold cyan]>[/bold cyan] {title}")
+        console.print(f"{_indent()}[bold cyan]>[/bold cyan] {escape(title)}")
     _state["depth"] = int(_state["depth"]) + 1
     try:
         yield
@@ -88,7 +90,7 @@ def step(title: str) -> Iterator[None]:
     seconds = time.monotonic() - start
     _event("step-done", step=title, seconds=round(seconds, 2))
     if not _state["json"] and seconds >= 1:
-        console.print(f"{_indent()}  [dim]{title}: {seconds:.1f}s[/dim]")
+        console.print(f"{_indent()}  [dim]{escape(title)}: {seconds:.1f}s[/dim]")
 
 
 def human_size(size: float) -> str:

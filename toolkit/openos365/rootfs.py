@@ -169,6 +169,7 @@ class TreeCache:
 
 def flatten_engine_image(engine: Engine, ref: str, image_id: str, epoch: int, cache: TreeCache,
                          workdir: Path) -> Path:
+    """The engine's own view of the image (image mount, root) copied, or else its saved layers applied."""
     cached = cache.get(image_id, epoch)
     if cached is not None:
         log.note(f"flattened tree of {image_id[:12]} is cached: {cached}")
@@ -176,19 +177,38 @@ def flatten_engine_image(engine: Engine, ref: str, image_id: str, epoch: int, ca
         return cached
     with log.step(f"Flattening {ref}"), cache.fill(image_id, epoch) as tree:
         started = time.monotonic()
-        applier = LayerApplier(str(tree), clamp_mtime=epoch)
-        if engine.can_export_rootfs:
-            with engine.export_rootfs(ref) as stream:
-                applier.apply(stream, ref)
+        with engine.mounted(ref) as mount:
+            if mount is not None:
+                run(["cp", "-a", f"{mount}/.", f"{tree}/"], step=f"copy the root tree of {ref}", capture=True)
+        if mount is not None:
+            clamp_mtimes(tree, epoch)
+            os.chmod(tree, 0o755)
+            log.note(f"copied from the engine's mount in {time.monotonic() - started:.1f}s")
         else:
-            archive = workdir / f"tmp-{os.getpid()}.oci.tar"
-            try:
-                engine.save(ref, archive, "oci-archive")
-                _apply_archive(read_archive(f"oci-archive:{archive}"), applier)
-            finally:
-                archive.unlink(missing_ok=True)
-        _report(applier, time.monotonic() - started)
+            _flatten_saved(engine, ref, tree, epoch, workdir, started)
     return cache.path(image_id, epoch) / "tree"
+
+
+def _flatten_saved(engine: Engine, ref: str, tree: Path, epoch: int, workdir: Path, started: float) -> None:
+    fmt = "docker-archive" if engine.name == "docker" else "oci-archive"
+    archive = workdir / f"tmp-{os.getpid()}.{fmt}.tar"
+    try:
+        engine.save(ref, archive, fmt)
+        applier = LayerApplier(str(tree), clamp_mtime=epoch)
+        _apply_archive(read_archive(f"{fmt}:{archive}"), applier)
+        _report(applier, time.monotonic() - started)
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def clamp_mtimes(tree: Path, epoch: int) -> None:
+    """Anything newer than SOURCE_DATE_EPOCH is set to it, so equal content gives equal artifacts."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            if os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+    os.utime(tree, (epoch, epoch))
 
 
 def flatten_archive(spec: str, epoch: int | None, cache: TreeCache) -> tuple[Path, ArchiveImage, int]:

@@ -46,14 +46,14 @@ def name_from_ref(ref: str) -> str:
 def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bool = True,
                   tls_verify: bool = True) -> tuple[str, Engine, LayerConfig | None]:
     """A layer dir or engine reference -> (engine ref, engine, layer). Builds or pulls as needed."""
-    engine = detect(engine_name)
     path = Path(spec)
+    if path.is_dir() and not is_layer_dir(path):
+        raise UserError(f"{spec}: a directory but not a layer (no layer.yaml)",
+                        hint="give a layer directory like layers/server, or an image reference")
+    engine = detect(engine_name)
     if is_layer_dir(path):
         built = build_layer_chain(path, engine, workdir=workdir)
         return built.ref, engine, built.layer
-    if path.exists() and path.is_dir():
-        raise UserError(f"{spec}: a directory but not a layer (no layer.yaml)",
-                        hint="give a layer directory like layers/server, or an image reference")
     ref = spec.removeprefix("containers-storage:")
     if ref.startswith("docker://"):
         ref = ref.removeprefix("docker://")

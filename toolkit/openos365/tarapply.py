@@ -142,6 +142,9 @@ class LayerApplier:
             _remove(target)
             return
         dest = resolve_in_root(self.root, rel, source)
+        # parents missing from the tar are created as an engine does (0755, root); the resolved path has
+        # no symlinks in it, so this cannot leave the root
+        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
         self._create(tar, member, dest, rel, source)
         created.add(rel)
         self.stats.entries += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -63,7 +63,6 @@ class Engine(ABC):
     name: str = ""
     binary: str = ""
     package: str = ""
-    can_export_rootfs: bool = True   # False: rootfs comes from an OCI archive (save) instead
 
     def _json(self, argv: list[str], **kwargs: Any) -> Any:
         return json.loads(run(argv, capture=True, **kwargs).stdout or "null")
@@ -81,9 +80,11 @@ class Engine(ABC):
     @abstractmethod
     def tag(self, ref: str, target: str) -> None: ...
 
-    @abstractmethod
-    def export_rootfs(self, ref: str) -> AbstractContextManager[IO[bytes]]:
-        """A tar stream of the image's flattened root tree."""
+    @contextmanager
+    def mounted(self, ref: str) -> Iterator[Path | None]:
+        """The image's root tree as the engine sees it, read-only, or None where this engine or user
+        cannot mount images (then the tree comes from a saved archive instead)."""
+        yield None
 
     @abstractmethod
     def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:

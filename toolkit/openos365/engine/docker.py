@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
-from ..runner import run, stream_stdout, succeeds
+from ..runner import run, succeeds
 from .base import BuildRequest, Engine, ImageInfo, parse_created
 
 
@@ -47,15 +45,6 @@ class Docker(Engine):
 
     def tag(self, ref: str, target: str) -> None:
         run(["docker", "tag", ref, target], capture=True)
-
-    @contextmanager
-    def export_rootfs(self, ref: str) -> Iterator[IO[bytes]]:
-        cid = run(["docker", "create", ref, "true"], capture=True).stdout.strip()
-        try:
-            with stream_stdout(["docker", "export", cid], step=f"export {ref}") as stream:
-                yield stream
-        finally:
-            run(["docker", "rm", "-f", cid], capture=True, check=False)
 
     def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
         if fmt == "docker-archive":

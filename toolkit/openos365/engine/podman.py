@@ -8,23 +8,49 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 from .. import log
-from ..errors import CommandError
-from ..runner import run, stream_stdout, succeeds
+from ..errors import CommandError, OpenOSError, UserError
+from ..runner import run, succeeds
 from .base import BuildRequest, Engine, ImageInfo, parse_created
 
 _STEP_RE = re.compile(r"^(STEP \d+/\d+: .*)$")
 _REGISTRY_HINT = ("check that the registry is reachable and the name is right; for a registry without TLS "
-                  "pass --tls-verify=false; log in with `podman login` (credentials stay in its auth file)")
+                  "pass --no-tls-verify; log in with `podman login` (credentials stay in its auth file)")
+# What podman prints when a registry operation fails -> what it means and what to do.
+_REGISTRY_FAILURES = (
+    (("connection refused", "no such host", "i/o timeout", "network is unreachable", "no route to host"),
+     "cannot reach the registry", "check the host name and port, that the registry is running, and any proxy "
+     "or firewall in between"),
+    (("manifest unknown", "name unknown"), "the registry has no such image (unknown repository or tag)",
+     "check the repository and the tag (`skopeo list-tags docker://HOST/REPO` lists the tags)"),
+    (("unauthorized", "authentication required", "denied"), "the registry refused the credentials",
+     "log in with `podman login HOST` (the secret stays in the engine's auth file) or pass --authfile FILE"),
+    (("server gave http response to https client", "x509:", "tls:"), "TLS with the registry failed",
+     "for a registry without TLS pass --no-tls-verify, or mark it `insecure = true` in registries.conf"),
+)
 
 
 def _tls_flags(tls_verify: bool, authfile: str | None) -> list[str]:
-    flags = [f"--tls-verify={'true' if tls_verify else 'false'}"]
+    # No flag unless TLS is turned off: an explicit --tls-verify=true would override the engine's own
+    # registries.conf (`insecure = true`), which is where a fleet configures its registries.
+    flags = [] if tls_verify else ["--tls-verify=false"]
     if authfile:
+        if not Path(authfile).is_file():
+            raise UserError(f"--authfile {authfile}: no such file",
+                            hint="give the auth file `podman login --authfile FILE HOST` wrote")
         flags.append(f"--authfile={authfile}")
     return flags
+
+
+def registry_error(exc: CommandError, action: str, ref: str) -> OpenOSError:
+    """A failed pull/push -> an error saying which of the usual causes it is, or exc itself."""
+    text = "\n".join(exc.tail).lower()
+    for needles, what, hint in _REGISTRY_FAILURES:
+        if any(needle in text for needle in needles):
+            detail = next((line.split("Error: ", 1)[1] for line in reversed(exc.tail) if "Error: " in line), "")
+            return UserError(f"{action} {ref}: {what}" + (f" ({detail})" if detail else ""), hint=hint)
+    return exc
 
 
 class Podman(Engine):
@@ -114,14 +140,22 @@ class Podman(Engine):
         run([self.binary, "tag", ref, target], capture=True)
 
     @contextmanager
-    def export_rootfs(self, ref: str) -> Iterator[IO[bytes]]:
-        cid = run([self.binary, "create", "--pull=never", ref, "true"], capture=True,
-                  step=f"create a container of {ref}").stdout.strip()
+    def mounted(self, ref: str) -> Iterator[Path | None]:
+        """`podman image mount` (root only: rootless needs `podman unshare`). Unlike `podman export`,
+        which drops POSIX ACLs, the mount shows every xattr the layers carry."""
+        if os.geteuid() != 0:
+            yield None
+            return
         try:
-            with stream_stdout([self.binary, "export", cid], step=f"export {ref}") as stream:
-                yield stream
+            path = run([self.binary, "image", "mount", ref], capture=True).stdout.strip()
+        except CommandError:
+            log.note(f"cannot mount {ref}; flattening from a saved archive instead")
+            yield None
+            return
+        try:
+            yield Path(path)
         finally:
-            run([self.binary, "rm", "-f", cid], capture=True, check=False)
+            run([self.binary, "image", "unmount", ref], capture=True, check=False)
 
     def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
         source = ref
@@ -139,12 +173,18 @@ class Podman(Engine):
         return out.strip().splitlines()[-1].removeprefix("sha256:")
 
     def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
-        run([self.binary, "pull", *_tls_flags(tls_verify, authfile), ref], step=f"pull {ref}",
-            hint=_REGISTRY_HINT)
+        try:
+            run([self.binary, "pull", *_tls_flags(tls_verify, authfile), ref], step=f"pull {ref}",
+                hint=_REGISTRY_HINT)
+        except CommandError as exc:
+            raise registry_error(exc, "pull", ref) from exc
 
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
-        run([self.binary, "push", *_tls_flags(tls_verify, authfile), ref, f"docker://{dest}"],
-            step=f"push {dest}", hint=_REGISTRY_HINT)
+        try:
+            run([self.binary, "push", *_tls_flags(tls_verify, authfile), ref, f"docker://{dest}"],
+                step=f"push {dest}", hint=_REGISTRY_HINT)
+        except CommandError as exc:
+            raise registry_error(exc, "push to", dest) from exc
 
 
 class Buildah(Podman):
@@ -153,7 +193,6 @@ class Buildah(Podman):
     name = "buildah"
     binary = "buildah"
     package = "buildah"
-    can_export_rootfs = False
 
     def isolation(self, probe_image: str | None) -> str:
         forced = os.environ.get("OPENOS365_ISOLATION") or os.environ.get("BUILDAH_ISOLATION")
@@ -191,7 +230,3 @@ class Buildah(Podman):
         except BaseException:
             run([self.binary, "rm", cid], capture=True, check=False)
             raise
-
-    def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
-        run([self.binary, "push", *_tls_flags(tls_verify, authfile), ref, f"docker://{dest}"],
-            step=f"push {dest}", hint=_REGISTRY_HINT)

@@ -1,0 +1,162 @@
+"""Real builds with podman, and the flattened tree compared with what a container of the image sees."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+
+pytestmark = pytest.mark.integration
+
+PARENT = """ARG PARENT=localhost/openos365/base:latest
+FROM ${PARENT}
+RUN mkdir -p /opt/app/old && echo old > /opt/app/old/file && echo gone > /etc/openos365-test-gone
+"""
+CHILD = """ARG PARENT
+FROM ${PARENT}
+RUN mkdir -p /srv/data && echo one > /srv/data/a && ln /srv/data/a /srv/data/hard \\
+ && chown 1234:4321 /srv/data/a && chmod 2750 /srv/data \\
+ && cp /bin/true /usr/local/bin/suid-true && chmod 4755 /usr/local/bin/suid-true \\
+ && ln -s /srv/data/a /srv/link && mkfifo /srv/fifo \\
+ && rm /etc/openos365-test-gone \\
+ && rm -rf /opt/app && mkdir /opt/app && echo new > /opt/app/new
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, base_image) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name, yaml_text, containerfile in (
+        ("t-parent", f"from: {base_image}\nimage: localhost/openos365-test/t-parent\n", PARENT),
+        ("t-child", "parent: t-parent\nimage: localhost/openos365-test/t-child\n", CHILD),
+    ):
+        layer = root / "layers" / name
+        layer.mkdir(parents=True)
+        (layer / "layer.yaml").write_text(yaml_text)
+        (layer / "Containerfile").write_text(containerfile)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(project) -> str:
+    result = cli("build", str(project / "layers/t-child"))
+    assert "built localhost/openos365-test/t-child:latest sha256:" in result.stderr.replace("\n", " ")
+    return "localhost/openos365-test/t-child:latest"
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything about a tree but times: type, mode, owner, size, link target, xattrs, hard-link group."""
+    entries, inodes = {}, {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            st = os.lstat(path)
+            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+            xattrs = tuple(sorted((x, os.getxattr(path, x, follow_symlinks=False))
+                                  for x in os.listxattr(path, follow_symlinks=False)))
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            entries[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, target,
+                            xattrs)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                inodes.setdefault(st.st_ino, []).append(rel)
+    entries["<hardlinks>"] = tuple(sorted(tuple(sorted(v)) for v in inodes.values()))
+    return entries
+
+
+def container_view(ref: str) -> Path:
+    return Path(subprocess.run(["podman", "image", "mount", ref], capture_output=True, text=True,
+                               check=True).stdout.strip())
+
+
+def test_second_build_is_all_cache_hits(project, built):
+    first_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", built], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    again = cli("-v", "build", str(project / "layers/t-child"))
+    assert again.stderr.count("Using cache") >= 2
+    assert first_id in again.stderr.replace("\n", "")
+
+
+def test_flattened_tree_equals_the_container_view(built, tmp_path):
+    cli("export", "--to", "dir", built, "-o", str(tmp_path), "--name", "tree")
+    ours = snapshot(tmp_path / "tree")
+    mounted = container_view(built)
+    try:
+        theirs = snapshot(mounted)
+    finally:
+        subprocess.run(["podman", "image", "unmount", built], capture_output=True, check=False)
+    assert ours == theirs
+    # and the things that make this meaningful are really there
+    assert ours["srv/data/a"][2:4] == (1234, 4321)
+    assert ours["srv/data"][1] == 0o2750
+    assert ours["usr/local/bin/suid-true"][1] == 0o4755
+    assert ("srv/data/a", "srv/data/hard") in ours["<hardlinks>"]
+    assert ours["srv/link"][5] == "/srv/data/a"
+    assert stat.S_ISFIFO(ours["srv/fifo"][0])
+    assert any(name == "security.capability" for name, _ in ours["usr/bin/ping"][6])
+    assert "etc/openos365-test-gone" not in ours  # whiteout applied
+    assert "opt/app/old" not in ours and "opt/app/new" in ours  # opaque directory applied
+
+
+def test_oci_archive_layers_flatten_to_the_same_tree(built, tmp_path):
+    """The engine-free path: layer tars with whiteouts applied by openos365 itself."""
+    archive = tmp_path / "img.oci.tar"
+    subprocess.run(["podman", "save", "--format", "oci-archive", "-o", str(archive), built], check=True,
+                   capture_output=True)
+    cli("export", "--to", "dir", f"oci-archive:{archive}", "-o", str(tmp_path / "a"), "--name", "tree")
+    cli("export", "--to", "dir", built, "-o", str(tmp_path / "b"), "--name", "tree")
+    assert snapshot(tmp_path / "a/tree") == snapshot(tmp_path / "b/tree")
+
+
+def test_tar_export_keeps_owners_modes_and_caps(built, tmp_path):
+    result = cli("export", "--to", "tar", built, "-o", str(tmp_path))
+    tar_path = tmp_path / "t-child.tar"
+    assert f"wrote {tar_path}" in result.stderr.replace("\n", "")
+    with tarfile.open(tar_path) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+    assert (members["srv/data/a"].uid, members["srv/data/a"].gid) == (1234, 4321)
+    assert members["usr/local/bin/suid-true"].mode & 0o7777 == 0o4755
+    assert "SCHILY.xattr.security.capability" in members["usr/bin/ping"].pax_headers
+    assert members["srv/data/hard"].islnk() or members["srv/data/a"].islnk()
+    sha = (tmp_path / "t-child.tar.sha256").read_text().split()[0]
+    manifest = (tmp_path / "manifest.json").read_text()
+    assert sha in manifest
+
+
+def test_second_export_reuses_the_flattened_tree(built, tmp_path):
+    cli("export", "--to", "tar", built, "-o", str(tmp_path / "1"))
+    again = cli("-v", "export", "--to", "tar", built, "-o", str(tmp_path / "2"))
+    assert "is cached" in again.stderr
+    assert "Flattening" not in again.stderr
+
+
+def test_failed_run_step_names_the_step_and_shows_output(tmp_path, base_image):
+    layer = tmp_path / "layers/broken"
+    layer.mkdir(parents=True)
+    (layer / "layer.yaml").write_text(f"from: {base_image}\nimage: localhost/openos365-test/broken\n")
+    (layer / "Containerfile").write_text("ARG PARENT\nFROM ${PARENT}\nRUN echo boom-marker-42 && exit 3\n")
+    result = cli("build", str(layer), check=False)
+    assert result.returncode != 0
+    text = result.stderr.replace("\n", " ")
+    assert "RUN echo boom-marker-42" in text
+    assert "boom-marker-42" in text and "Containerfile" in text
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_image_reference(tmp_path):
+    result = cli("export", "--to", "tar", "localhost/openos365-test/does-not-exist:1", "-o", str(tmp_path),
+                 check=False)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_layers_command_shows_the_tree(built, project):
+    result = cli("layers", str(project / "layers"))
+    assert "t-child: localhost/openos365-test/t-child:latest [built]" in result.stderr.replace("\n", " ")

@@ -1,0 +1,60 @@
+import pytest
+
+from openos365 import qemu
+from openos365.errors import UserError
+
+REPORT = """noise
+OPENOS365-BOOT-CHECK
+state=running
+failed=
+root_source=/dev/vda3
+root_fstype=ext4
+root_fs_size=3900000000
+disk_size=4100000000
+END
+"""
+
+
+def test_parse_report_waits_for_end():
+    assert qemu.parse_report("OPENOS365-BOOT-CHECK\nstate=running\n") is None
+    fields = qemu.parse_report(REPORT)
+    assert fields["state"] == "running" and fields["root_source"] == "/dev/vda3"
+
+
+def test_judge_good_and_bad():
+    fields = qemu.parse_report(REPORT)
+    assert qemu.judge(fields, grow=None) == []
+    assert qemu.judge(fields, grow=2 << 30) == []
+    bad = {**fields, "state": "degraded", "failed": "systemd-repart.service"}
+    problems = qemu.judge(bad, grow=None)
+    assert any("degraded" in p for p in problems) and any("systemd-repart" in p for p in problems)
+    small = {**fields, "root_fs_size": "1700000000"}
+    assert any("did not grow" in p for p in qemu.judge(small, grow=2 << 30))
+
+
+def test_kis_files_need_every_piece(tmp_path):
+    with pytest.raises(UserError, match="no \\*.append"):
+        qemu.kis_files(tmp_path)
+    (tmp_path / "s.append").write_text("root=/dev/vda")
+    with pytest.raises(UserError, match="s.kernel is missing"):
+        qemu.kis_files(tmp_path)
+    (tmp_path / "s.kernel").write_text("k")
+    (tmp_path / "s.initrd").write_text("i")
+    with pytest.raises(UserError, match="root image"):
+        qemu.kis_files(tmp_path)
+    (tmp_path / "s.squashfs").write_text("r")
+    assert qemu.kis_files(tmp_path)["rootfs"].name == "s.squashfs"
+
+
+def test_uefi_needs_ovmf_pair(tmp_path, monkeypatch):
+    monkeypatch.setattr(qemu, "OVMF_PAIRS", (("/nonexistent/code", "/nonexistent/vars"),))
+    with pytest.raises(UserError, match="no OVMF firmware") as err:
+        qemu.firmware_args("uefi", tmp_path)
+    assert "ovmf" in err.value.hint
+    assert qemu.firmware_args("bios", tmp_path) == []
+
+
+def test_missing_artifact(tmp_path):
+    req = qemu.BootRequest(artifact=tmp_path / "nope.qcow2", workdir=tmp_path)
+    with pytest.raises(UserError, match="no such artifact"):
+        qemu.medium_args(req, tmp_path)
