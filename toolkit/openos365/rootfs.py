@@ -148,6 +148,7 @@ class TreeCache:
     def fill(self, image_id: str, epoch: int) -> Iterator[Path]:
         final = self.path(image_id, epoch)
         temp = final.with_name(final.name + f".tmp-{os.getpid()}")
+        self._remove_abandoned()
         shutil.rmtree(temp, ignore_errors=True)
         (temp / "tree").mkdir(parents=True)
         try:
@@ -159,6 +160,15 @@ class TreeCache:
         shutil.rmtree(final, ignore_errors=True)
         temp.rename(final)
         self._prune(keep=final)
+
+    def _remove_abandoned(self) -> None:
+        """Half-filled trees of processes that were killed."""
+        if not self.base.is_dir():
+            return
+        for temp in self.base.glob("*.tmp-*"):
+            pid = temp.name.rpartition(".tmp-")[2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(temp, ignore_errors=True)
 
     def _prune(self, keep: Path) -> None:
         trees = sorted((p for p in self.base.iterdir() if (p / "complete").exists() and p != keep),

@@ -1,0 +1,23 @@
+# openos365 recipes: thin wrappers over scripts/, the CLI and pytest.
+
+# install system tools (apt) and the package in .venv
+setup:
+    bash scripts/setup-host.sh
+
+# build layers/server, export a bootable qcow2 and boot it under qemu
+demo:
+    .venv/bin/openos365 export --to qcow2 layers/server -o out
+    .venv/bin/openos365 test out/server.qcow2
+
+# the whole test suite (what CI runs); `just test -m "not boot"` for a quicker run
+test *ARGS:
+    .venv/bin/pytest tests {{ARGS}}
+
+lint:
+    .venv/bin/ruff check toolkit tests bench
+
+# speed and size ratios (see bench/README.md)
+bench:
+    .venv/bin/python bench/flatten.py
+    .venv/bin/python bench/disk.py
+    .venv/bin/python bench/iso.py

@@ -1,0 +1,49 @@
+"""Export times of layers/server to raw and qcow2, as ratios to the floor, and the qcow2 size.
+
+The floor is the least any tool must do on this machine: flatten (podman export | tar -x),
+mkfs.ext4 -d of the tree into a file, and qemu-img convert of that file to qcow2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import REPO, cleanup, openos365, plain_flatten, ratio, scratch, sh, timed
+
+REF = "localhost/openos365/server:latest"
+
+
+def floor(work: Path) -> tuple[float, float]:
+    tree = work / "plain"
+    t_flatten = timed("floor: podman export | tar -x", lambda: plain_flatten(REF, tree))
+    size_kib = int(sh("du", "-sk", str(tree)).split()[0])
+    blocks = (size_kib * 13 // 10 + 262144) // 4
+    image = work / "floor.ext4"
+    t_mkfs = timed("floor: mkfs.ext4 -d", lambda: sh("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(tree),
+                                                    str(image), str(blocks)))
+    t_convert = timed("floor: qemu-img convert -O qcow2", lambda: sh("qemu-img", "convert", "-O", "qcow2",
+                                                                    str(image), str(work / "floor.qcow2")))
+    return t_flatten + t_mkfs, t_flatten + t_mkfs + t_convert
+
+
+def main() -> None:
+    work = scratch()
+    print(f"bench/disk.py on {REPO}")
+    try:
+        openos365("build", "layers/server")
+        raw = timed("openos365 export --to raw (empty tree cache)", lambda: openos365(
+            "export", "--to", "raw", "layers/server", "-o", str(work / "out"), workdir=work / "wd1"))
+        qcow2 = timed("openos365 export --to qcow2 (empty tree cache)", lambda: openos365(
+            "export", "--to", "qcow2", "layers/server", "-o", str(work / "out"), workdir=work / "wd2"))
+        floor_raw, floor_qcow2 = floor(work)
+        ratio("raw export / floor (flatten + mkfs)", raw, floor_raw)
+        ratio("qcow2 export / floor (flatten + mkfs + convert)", qcow2, floor_qcow2)
+        size = (work / "out/server.qcow2").stat().st_size
+        print(f"  {'server.qcow2 size':<52} {size / 2**20:8.0f} MiB")
+        print(f"  {'qcow2 size / floor qcow2 size':<52} {size / (work / 'floor.qcow2').stat().st_size:8.2f} x")
+    finally:
+        cleanup(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 host for openos365: system tools (apt) and the Python package in .venv.
+# Idempotent. Needs root (apt-get). Used by the README, the Justfile and CI alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+APT_PACKAGES=(
+  # engines and base images
+  podman buildah skopeo uidmap fuse-overlayfs crun mmdebstrap
+  # disks, filesystems, boot loaders, conversions (e2fsprogs comes from backports below)
+  fdisk dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin qemu-utils
+  # live ISO and KIS
+  squashfs-tools erofs-utils xorriso
+  # compression and archives
+  zstd xz-utils gzip tar
+  # boot tests and the local test registry
+  qemu-system-x86 ovmf docker-registry
+  # python
+  python3-venv python3-pip
+)
+
+run_as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# e2fsprogs >= 1.47.1 makes ext4 images byte-reproducible; Debian 12 has it in bookworm-backports.
+if . /etc/os-release && [ "${VERSION_CODENAME:-}" = bookworm ]; then
+  if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    run_as_root tee /etc/apt/sources.list.d/openos365-backports.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+  E2FS_TARGET=(-t bookworm-backports)
+else
+  E2FS_TARGET=()
+fi
+
+run_as_root apt-get update -q
+run_as_root apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+run_as_root apt-get install -y -q --no-install-recommends "${E2FS_TARGET[@]}" e2fsprogs
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/openos365 doctor
