@@ -89,7 +89,7 @@ def test_cloud_formats_read_back_equal_to_raw(server_image, tmp_path):
         compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", qemu_fmt, str(raw), str(image)],
                                  capture_output=True, text=True, check=False)
         assert compare.returncode == 0, f"{fmt}: {compare.stdout} {compare.stderr}"
-    assert "create_type=streamOptimized" in subprocess.run(
+    assert "create type: streamOptimized" in subprocess.run(
         ["qemu-img", "info", str(tmp_path / "server.vmdk")], capture_output=True, text=True, check=True).stdout
     assert (tmp_path / "server.vhd").stat().st_size % (1 << 20) == 512  # fixed VHD: MiB-aligned + footer
 
