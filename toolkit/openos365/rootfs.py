@@ -252,9 +252,15 @@ def _report(applier: LayerApplier, seconds: float) -> None:
                  "filesystem with xattr support)")
 
 
-def copy_tree(source: Path, dest: Path) -> None:
-    """A private, writable copy of a cached tree for an exporter to customise (reflinks where possible)."""
+def copy_tree(source: Path, dest: Path, *, link_files: bool = False) -> None:
+    """A private copy of a cached tree for an exporter to customise (reflinks where possible).
+
+    link_files=True hard-links the files instead (directories are still copied): ten times faster, for
+    exporters that only read the files and replace (never edit in place) the few they change, as
+    boot.write_file and boot.remove do.
+    """
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    run(["cp", "-a", "--reflink=auto", f"{source}/.", f"{dest}/"], step="copy the root tree", capture=True)
+    mode = "--link" if link_files else "--reflink=auto"
+    run(["cp", "-a", mode, f"{source}/.", f"{dest}/"], step="copy the root tree", capture=True)

@@ -99,7 +99,7 @@ def build_raw_disk(ctx: ExportContext) -> tuple[Path, Layout, dict[str, Any]]:
     kernel = boot.find_kernel(source.tree)
     tree = ctx.scratch_dir("tree")
     with log.step("Preparing the root tree"):
-        copy_tree(source.tree, tree)
+        copy_tree(source.tree, tree, link_files=True)  # every change below replaces files, never edits them
         cmdline = " ".join(filter(None, [f"root=UUID={ids['rootfs']} ro", boot.SERIAL_CONSOLE,
                                          options.kernel_cmdline]))
         user = prepare_disk_tree(tree, ctx, kernel, ids["rootfs"], cmdline)
