@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def recipe_copy(tmp_path, image: str):
     recipe = tmp_path / "debian-test"
-    recipe.mkdir()
+    recipe.mkdir(parents=True)
     data = yaml.safe_load((REPO / "Containerfiles/debian-bookworm/bootstrap.yaml").read_text())
     data["image"] = image
     data["include"] = ["systemd-sysv"]  # smaller: the test is about reproducibility, not content

@@ -42,3 +42,24 @@ def test_missing_source_directory(tmp_path):
 
 def test_version():
     assert cli("version").stdout.strip()
+
+
+def test_unknown_engine(tmp_path):
+    result = cli("build", "layers/base", "--engine", "rkt", check=False)
+    assert result.returncode == 2
+    assert "unknown engine 'rkt'" in result.stderr and "podman" in result.stderr
+
+
+def test_no_engine_installed_says_what_to_install(tmp_path):
+    result = cli("build", "layers/base", check=False, env={"PATH": str(tmp_path)})
+    assert result.returncode == 3, result.stderr
+    assert "no container engine found" in result.stderr
+    assert "apt-get install podman" in result.stderr
+
+
+def test_missing_tool_is_named_before_any_work(tmp_path):
+    result = cli("export", "--to", "qcow2", "layers/server", "-o", str(tmp_path), check=False,
+                 env={"PATH": str(tmp_path)})
+    assert result.returncode == 3
+    assert "--to qcow2 needs" in result.stderr and "apt-get install" in result.stderr
+    assert list(tmp_path.iterdir()) == []
