@@ -101,3 +101,21 @@ def test_write_file_replaces_symlink_instead_of_following_it(tmp_path):
     boot.write_file(tmp_path / "tree", "etc/hostname", "box\n")
     assert target.read_text() == "keep"
     assert (tmp_path / "tree/etc/hostname").read_text() == "box\n"
+
+
+def test_symlinks_in_the_image_never_reach_host_files(tmp_path):
+    host = tmp_path / "host-etc-ssh"
+    host.mkdir()
+    (host / "ssh_host_ed25519_key").write_text("host secret")
+    host_passwd = tmp_path / "host-passwd"
+    host_passwd.write_text("hostuser:x:5000:5000::/home/hostuser:/bin/sh\n")
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    os.symlink(str(host), tree / "etc/ssh")            # absolute: means <tree>/<host path> in the image
+    os.symlink(str(host_passwd), tree / "etc/passwd")
+    boot.clear_identity(tree, 1_700_000_000)
+    boot.set_hostname(tree, "box", 1_700_000_000)
+    assert (host / "ssh_host_ed25519_key").read_text() == "host secret"
+    boot.add_user(tree, "carol", None, 1_700_000_000)
+    assert host_passwd.read_text() == "hostuser:x:5000:5000::/home/hostuser:/bin/sh\n"
+    assert "hostuser" not in (tree / "etc/passwd").read_text()  # the host file was not read into the image

@@ -6,6 +6,7 @@ module directories, the kernel command line, and writing identity-free system fi
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 from . import log
 from .errors import UserError
 from .rootfs import clamp_mtimes  # noqa: F401  (exporters use boot.clamp_mtimes)
+from .tarapply import resolve_in_root
 
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
 
@@ -38,13 +40,14 @@ def _version_key(version: str) -> list[Any]:
 def _candidates(tree: Path) -> list[tuple[str, Path, list[Path]]]:
     """(version, kernel, initrd candidates) for the layouts distributions use."""
     found = []
-    for kernel in (tree / "boot").glob("vmlinuz-*"):
+    boot_dir, modules_dir = in_tree(tree, "boot", follow=True), in_tree(tree, "usr/lib/modules", follow=True)
+    for kernel in boot_dir.glob("vmlinuz-*"):
         version = kernel.name.removeprefix("vmlinuz-")
-        found.append((version, kernel, [tree / f"boot/initrd.img-{version}", tree / f"boot/initramfs-{version}.img"]))
-    for kernel in (tree / "usr/lib/modules").glob("*/vmlinuz"):
+        found.append((version, kernel, [boot_dir / f"initrd.img-{version}", boot_dir / f"initramfs-{version}.img"]))
+    for kernel in modules_dir.glob("*/vmlinuz"):
         version = kernel.parent.name
         if not any(v == version for v, _, _ in found):
-            found.append((version, kernel, [kernel.parent / "initramfs.img", tree / f"boot/initramfs-{version}.img"]))
+            found.append((version, kernel, [kernel.parent / "initramfs.img", boot_dir / f"initramfs-{version}.img"]))
     return found
 
 
@@ -62,7 +65,7 @@ def find_kernel(tree: Path) -> Kernel:
                         "or dracut (Fedora/openSUSE), configured non-host-only")
     kernel_link = tree / "vmlinuz"
     initrd_link = tree / "initrd.img"
-    same_kernel = kernel_link.is_symlink() and (tree / "boot" / Path(os.readlink(kernel_link)).name) == kernel
+    same_kernel = kernel_link.is_symlink() and Path(os.readlink(kernel_link)).name == kernel.name
     return Kernel(version, kernel.relative_to(tree), initrd.relative_to(tree),
                   Path("vmlinuz") if same_kernel else None,
                   Path("initrd.img") if same_kernel and initrd_link.is_symlink() else None)
@@ -70,9 +73,9 @@ def find_kernel(tree: Path) -> Kernel:
 
 def live_support(tree: Path) -> str | None:
     """'live-boot' (Debian) or 'dmsquash-live' (dracut) when the image's initrd can boot a live medium."""
-    if any((tree / d).is_dir() for d in ("usr/lib/live/boot", "lib/live/boot")):
+    if any(in_tree(tree, d, follow=True).is_dir() for d in ("usr/lib/live/boot", "lib/live/boot")):
         return "live-boot"
-    if any((tree / d).is_dir() for d in ("usr/lib/dracut/modules.d/90dmsquash-live",
+    if any(in_tree(tree, d, follow=True).is_dir() for d in ("usr/lib/dracut/modules.d/90dmsquash-live",
                                          "lib/dracut/modules.d/90dmsquash-live")):
         return "dmsquash-live"
     return None
@@ -80,7 +83,7 @@ def live_support(tree: Path) -> str | None:
 
 def grub_platform_dir(tree: Path, platform: str) -> Path:
     """GRUB modules for i386-pc or x86_64-efi: the image's own (so boot code matches), else the host's."""
-    for candidate in (tree / "usr/lib/grub" / platform, Path("/usr/lib/grub") / platform):
+    for candidate in (in_tree(tree, f"usr/lib/grub/{platform}", follow=True), Path("/usr/lib/grub") / platform):
         if (candidate / "normal.mod").exists():
             if not str(candidate).startswith(str(tree)):
                 log.note(f"the image has no GRUB {platform} modules; using the host's {candidate}")
@@ -119,11 +122,24 @@ def derive_uuid(seed: str, purpose: str) -> str:
 
 
 # --- writing into a private copy of the tree -----------------------------------------------------------
+# Every path goes through in_tree(): symlinks inside the image resolve inside the tree (as in a container),
+# so an image with `etc/ssh -> /etc/ssh` can never make an export read or change the build host's files.
+
+def in_tree(tree: Path, rel: str, *, follow: bool = False) -> Path:
+    """Host path of `rel` in the tree; its parents' symlinks resolved inside the tree (the last one too
+    with follow=True, for reading)."""
+    return Path(resolve_in_root(str(tree), rel.lstrip("/"), str(tree), follow_last=follow))
+
+
+def read_text(tree: Path, rel: str) -> str:
+    path = in_tree(tree, rel, follow=True)
+    return path.read_text(errors="replace") if path.is_file() else ""
+
 
 def write_file(tree: Path, rel: str, content: str, mode: int = 0o644, epoch: int | None = None,
                owner: tuple[int, int] = (0, 0)) -> Path:
     """Replace a file in the tree (never write through an existing file or symlink)."""
-    path = tree / rel.lstrip("/")
+    path = in_tree(tree, rel)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink() or path.exists():
         path.unlink()
@@ -137,8 +153,14 @@ def write_file(tree: Path, rel: str, content: str, mode: int = 0o644, epoch: int
 
 
 def remove(tree: Path, *patterns: str) -> None:
+    """Remove entries matching DIR/NAME-PATTERN (wildcards in the last component only)."""
     for pattern in patterns:
-        for path in tree.glob(pattern.lstrip("/")):
+        directory_rel, _, name_pattern = pattern.strip("/").rpartition("/")
+        directory = in_tree(tree, directory_rel, follow=True)
+        if not directory.is_dir():
+            continue
+        for name in fnmatch.filter(os.listdir(directory), name_pattern):
+            path = directory / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
@@ -161,7 +183,7 @@ def set_hostname(tree: Path, hostname: str, epoch: int) -> None:
 
 def set_resolver(tree: Path) -> None:
     """resolv.conf: systemd-resolved's stub where the image has it, else left for DHCP to fill."""
-    path = tree / "etc/resolv.conf"
+    path = in_tree(tree, "etc/resolv.conf")
     if path.is_symlink() or path.exists():
         path.unlink()
     if (tree / "lib/systemd/systemd-resolved").exists() or (tree / "usr/lib/systemd/systemd-resolved").exists():
@@ -181,7 +203,7 @@ def add_user(tree: Path, user: str | None, ssh_key: str | None, epoch: int) -> d
     if not user:
         _authorized_key(tree, "root", Path("root"), 0, 0, key, epoch)
         return {"ssh_key_for": "root"}
-    passwd = (tree / "etc/passwd").read_text()
+    passwd = read_text(tree, "etc/passwd")
     if any(line.split(":")[0] == user for line in passwd.splitlines()):
         raise UserError(f"--user {user}: the image already has this user", hint="pick another name")
     used = {int(line.split(":")[2]) for line in passwd.splitlines() if line.count(":") >= 6}
@@ -190,20 +212,21 @@ def add_user(tree: Path, user: str | None, ssh_key: str | None, epoch: int) -> d
     _append(tree, "etc/passwd", f"{user}:x:{uid}:{uid}::/{home}:/bin/bash\n", 0o644, epoch)
     _append(tree, "etc/group", f"{user}:x:{uid}:\n", 0o644, epoch)
     _append(tree, "etc/shadow", f"{user}:!:{epoch // 86400}:0:99999:7:::\n", 0o640, epoch, group="shadow")
-    if (tree / "etc/gshadow").exists():
+    if in_tree(tree, "etc/gshadow", follow=True).exists():
         _append(tree, "etc/gshadow", f"{user}:!::\n", 0o640, epoch, group="shadow")
     write_file(tree, f"etc/sudoers.d/90-{user}", f"{user} ALL=(ALL) NOPASSWD:ALL\n", 0o440, epoch)
-    (tree / home).mkdir(parents=True, exist_ok=True)
-    os.chmod(tree / home, 0o750)
+    home_dir = in_tree(tree, str(home))
+    home_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(home_dir, 0o750)
     if os.geteuid() == 0:
-        os.chown(tree / home, uid, uid)
+        os.chown(home_dir, uid, uid)
     if key:
         _authorized_key(tree, user, home, uid, uid, key, epoch)
     return {"user": user, "uid": uid}
 
 
 def _group_id(tree: Path, name: str) -> int:
-    for line in (tree / "etc/group").read_text().splitlines():
+    for line in read_text(tree, "etc/group").splitlines():
         parts = line.split(":")
         if parts[0] == name:
             return int(parts[2])
@@ -211,8 +234,7 @@ def _group_id(tree: Path, name: str) -> int:
 
 
 def _append(tree: Path, rel: str, line: str, mode: int, epoch: int, group: str | None = None) -> None:
-    path = tree / rel
-    content = path.read_text() if path.exists() else ""
+    content = read_text(tree, rel)
     if content and not content.endswith("\n"):
         content += "\n"
     gid = _group_id(tree, group) if group else 0
@@ -222,7 +244,9 @@ def _append(tree: Path, rel: str, line: str, mode: int, epoch: int, group: str |
 def _authorized_key(tree: Path, user: str, home: Path, uid: int, gid: int, key: str | None, epoch: int) -> None:
     if key is None:
         return
-    ssh_dir = tree / home / ".ssh"
+    ssh_dir = in_tree(tree, f"{home}/.ssh")
+    if ssh_dir.is_symlink():
+        ssh_dir.unlink()
     ssh_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(ssh_dir, 0o700)
     write_file(tree, f"{home}/.ssh/authorized_keys", key, 0o600, epoch, owner=(uid, gid))

@@ -29,7 +29,8 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
         return _dry_run(spec, exporter, outdir, overrides)
     tools.require(exporter.required_tools(_preview_options(spec, overrides)), purpose=f"--to {fmt}")
     started = time.monotonic()
-    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify)
+    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify,
+                     flatten=not exporter.needs_engine)
     options = source.defaults.merged(overrides)
     if options.ssh_key and not Path(options.ssh_key).is_file():
         raise UserError(f"--ssh-key {options.ssh_key}: no such file", hint="give the path of a public key (*.pub)")
@@ -86,7 +87,7 @@ def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details
         "source_date_epoch": source.epoch,
         "options": opts,
         "files": {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in files},
-        "packages": installed_packages(source.tree),
+        "packages": installed_packages(source.tree) if source.tree else [],
         "tools": {"openos365": __version__, "python": platform.python_version(), **tool_versions()},
         **details,
     }

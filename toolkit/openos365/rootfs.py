@@ -57,7 +57,10 @@ class _Reader:
     def open(self, name: str) -> IO[bytes]:
         if self.tar is None:
             return open(self.path / name, "rb")
-        member = self.tar.extractfile(name.lstrip("./") if name.startswith("./") else name)
+        try:
+            member = self.tar.extractfile(name)
+        except KeyError:
+            member = self.tar.extractfile(f"./{name}")  # some writers store ./index.json
         if member is None:
             raise UserError(f"{self.path}: '{name}' is not a file in the archive")
         return member

@@ -18,7 +18,7 @@ from .config import ExportOptions, LayerConfig
 from .engine import Engine, detect
 from .errors import UserError
 from .layers import is_layer_dir
-from .rootfs import ARCHIVE_PREFIXES, TreeCache, flatten_archive, flatten_engine_image
+from .rootfs import ARCHIVE_PREFIXES, TreeCache, flatten_archive, flatten_engine_image, read_archive
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Source:
     name: str                    # default artifact base name
     image_id: str
     ref: str | None              # engine reference, when the image is in the engine's store
-    tree: Path                   # flattened root tree (cached: never modify it)
+    tree: Path | None            # flattened root tree (cached: never modify it); None for engine-only exports
     epoch: int                   # SOURCE_DATE_EPOCH used for everything derived from this image
     config: dict[str, Any]       # image config (Env, Entrypoint, Cmd, Labels)
     layer: LayerConfig | None
@@ -63,16 +63,22 @@ def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bo
     return ref, engine, None
 
 
-def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bool = True) -> Source:
+def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bool = True,
+            flatten: bool = True) -> Source:
+    """The source, built or pulled as needed, and (flatten=True) its flattened tree."""
     cache = TreeCache(workdir)
     if spec.startswith(ARCHIVE_PREFIXES):
-        tree, image, epoch = flatten_archive(spec, _env_epoch(), cache)
+        if flatten:
+            tree, image, epoch = flatten_archive(spec, _env_epoch(), cache)
+        else:
+            image = read_archive(spec)
+            tree, epoch = None, source_date_epoch(0)
         return Source(spec, name_from_ref(image.path.name.split(".")[0]), image.id, None, tree, epoch,
                       image.config.get("config") or {}, None, None)
     ref, engine, layer = resolve_image(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify)
     info = engine.inspect(ref)
     epoch = source_date_epoch(info.created)
-    tree = flatten_engine_image(engine, ref, info.id, epoch, cache, workdir)
+    tree = flatten_engine_image(engine, ref, info.id, epoch, cache, workdir) if flatten else None
     name = layer.name if layer else name_from_ref(ref)
     log.note(f"source {spec}: image {info.id[:12]}, SOURCE_DATE_EPOCH={epoch}")
     return Source(spec, name, info.id, ref, tree, epoch, info.config, layer, engine)

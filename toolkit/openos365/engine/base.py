@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import UserError
+from ..errors import CommandError, OpenOSError, UserError
 from ..runner import run
 
 
@@ -57,6 +57,30 @@ def parse_created(text: str) -> int:
     if len(zone) == 5 and zone[0] in "+-":  # +0000
         zone = zone[:3] + ":" + zone[3:]
     return int(datetime.fromisoformat(main + zone).timestamp())
+
+
+# What podman and docker print when a registry operation fails -> what it means and what to do.
+_REGISTRY_FAILURES = (
+    (("connection refused", "no such host", "i/o timeout", "network is unreachable", "no route to host"),
+     "cannot reach the registry", "check the host name and port, that the registry is running, and any proxy "
+     "or firewall in between"),
+    (("manifest unknown", "name unknown"), "the registry has no such image (unknown repository or tag)",
+     "check the repository and the tag (`skopeo list-tags docker://HOST/REPO` lists the tags)"),
+    (("unauthorized", "authentication required", "denied"), "the registry refused the credentials",
+     "log in with `podman login HOST` (the secret stays in the engine's auth file) or pass --authfile FILE"),
+    (("server gave http response to https client", "x509:", "tls:"), "TLS with the registry failed",
+     "for a registry without TLS pass --no-tls-verify, or mark it `insecure = true` in registries.conf"),
+)
+
+
+def registry_error(exc: CommandError, action: str, ref: str) -> OpenOSError:
+    """A failed pull/push -> an error saying which of the usual causes it is, or exc itself."""
+    text = "\n".join(exc.tail).lower()
+    for needles, what, hint in _REGISTRY_FAILURES:
+        if any(needle in text for needle in needles):
+            detail = next((line.split("Error: ", 1)[1] for line in reversed(exc.tail) if "Error: " in line), "")
+            return UserError(f"{action} {ref}: {what}" + (f" ({detail})" if detail else ""), hint=hint)
+    return exc
 
 
 class Engine(ABC):

@@ -7,8 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import CommandError
 from ..runner import run, succeeds
-from .base import BuildRequest, Engine, ImageInfo, parse_created
+from .base import BuildRequest, Engine, ImageInfo, parse_created, registry_error
 
 
 class Docker(Engine):
@@ -62,9 +63,15 @@ class Docker(Engine):
         return run([*argv, str(path), ref], capture=True).stdout.strip().removeprefix("sha256:")
 
     def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
-        run(["docker", "pull", ref], step=f"pull {ref}")  # TLS and credentials: the daemon's config
+        try:
+            run(["docker", "pull", ref], step=f"pull {ref}")  # TLS and credentials: the daemon's config
+        except CommandError as exc:
+            raise registry_error(exc, "pull", ref) from exc
 
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
         if dest != ref:
             self.tag(ref, dest)
-        run(["docker", "push", dest], step=f"push {dest}")
+        try:
+            run(["docker", "push", dest], step=f"push {dest}")
+        except CommandError as exc:
+            raise registry_error(exc, "push to", dest) from exc

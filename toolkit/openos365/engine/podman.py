@@ -10,27 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import log
-from ..errors import CommandError, OpenOSError, UserError
+from ..errors import CommandError, UserError
 from ..runner import run, succeeds
-from .base import BuildRequest, Engine, ImageInfo, parse_created
+from .base import BuildRequest, Engine, ImageInfo, parse_created, registry_error
 
 _STEP_RE = re.compile(r"^(STEP \d+/\d+: .*)$")
 _REGISTRY_HINT = ("check that the registry is reachable and the name is right; for a registry without TLS "
                   "pass --no-tls-verify; log in with `podman login` (credentials stay in its auth file)")
-# What podman prints when a registry operation fails -> what it means and what to do.
-_REGISTRY_FAILURES = (
-    (("connection refused", "no such host", "i/o timeout", "network is unreachable", "no route to host"),
-     "cannot reach the registry", "check the host name and port, that the registry is running, and any proxy "
-     "or firewall in between"),
-    (("manifest unknown", "name unknown"), "the registry has no such image (unknown repository or tag)",
-     "check the repository and the tag (`skopeo list-tags docker://HOST/REPO` lists the tags)"),
-    (("unauthorized", "authentication required", "denied"), "the registry refused the credentials",
-     "log in with `podman login HOST` (the secret stays in the engine's auth file) or pass --authfile FILE"),
-    (("server gave http response to https client", "x509:", "tls:"), "TLS with the registry failed",
-     "for a registry without TLS pass --no-tls-verify, or mark it `insecure = true` in registries.conf"),
-)
-
-
 def _tls_flags(tls_verify: bool, authfile: str | None) -> list[str]:
     # No flag unless TLS is turned off: an explicit --tls-verify=true would override the engine's own
     # registries.conf (`insecure = true`), which is where a fleet configures its registries.
@@ -41,16 +27,6 @@ def _tls_flags(tls_verify: bool, authfile: str | None) -> list[str]:
                             hint="give the auth file `podman login --authfile FILE HOST` wrote")
         flags.append(f"--authfile={authfile}")
     return flags
-
-
-def registry_error(exc: CommandError, action: str, ref: str) -> OpenOSError:
-    """A failed pull/push -> an error saying which of the usual causes it is, or exc itself."""
-    text = "\n".join(exc.tail).lower()
-    for needles, what, hint in _REGISTRY_FAILURES:
-        if any(needle in text for needle in needles):
-            detail = next((line.split("Error: ", 1)[1] for line in reversed(exc.tail) if "Error: " in line), "")
-            return UserError(f"{action} {ref}: {what}" + (f" ({detail})" if detail else ""), hint=hint)
-    return exc
 
 
 class Podman(Engine):
