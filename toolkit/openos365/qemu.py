@@ -148,14 +148,18 @@ def kis_files(path: Path) -> dict[str, Path]:
     append = path if path.suffix == ".append" else next(iter(sorted(path.glob("*.append"))), None)
     if append is None:
         raise UserError(f"{path}: no *.append file: not a KIS directory", hint="export one with --to kis")
-    stem = append.with_suffix("")
-    files = {"append": append, "kernel": stem.with_suffix(".kernel"), "initrd": stem.with_suffix(".initrd")}
-    roots = [stem.with_suffix(s) for s in (".squashfs", ".ext4", ".erofs") if stem.with_suffix(s).exists()]
+    stem = append.name.removesuffix(".append")   # not with_suffix: a NAME may contain dots
+
+    def sibling(suffix: str) -> Path:
+        return append.with_name(stem + suffix)
+
+    files = {"append": append, "kernel": sibling(".kernel"), "initrd": sibling(".initrd")}
+    roots = [sibling(s) for s in (".squashfs", ".ext4", ".erofs") if sibling(s).exists()]
     for _key, file in files.items():
         if not file.exists():
             raise UserError(f"{path}: {file.name} is missing", hint="export the KIS set again")
     if not roots:
-        raise UserError(f"{path}: no {stem.name}.squashfs/.ext4/.erofs root image beside {append.name}")
+        raise UserError(f"{path}: no {stem}.squashfs/.ext4/.erofs root image beside {append.name}")
     files["rootfs"] = roots[0]
     return files
 
@@ -166,8 +170,10 @@ def medium_args(req: BootRequest, work: Path) -> tuple[list[str], str]:
     if art.is_dir() or art.suffix == ".append":
         kis = kis_files(art)
         cmdline = kis["append"].read_text().strip()
+        # an ext4 root is mounted read-write: boot a throw-away snapshot of it, never the artifact itself
+        access = "snapshot=on" if kis["rootfs"].suffix == ".ext4" else "readonly=on"
         return ["-kernel", str(kis["kernel"]), "-initrd", str(kis["initrd"]), "-append", cmdline,
-                "-drive", f"file={kis['rootfs']},format=raw,if=virtio,readonly=on"], "kis"
+                "-drive", f"file={kis['rootfs']},format=raw,if=virtio,{access}"], "kis"
     if not art.is_file():
         raise UserError(f"{art}: no such artifact", hint="export one first (openos365 export --to ...)")
     if art.suffix == ".iso":

@@ -25,9 +25,14 @@ def mkfs_ext4(image: Path, *, offset: int, size: int, tree: Path, uuid: str, lab
         hint="the root tree may not fit: try a larger --size")
 
 
-def mkfs_vfat(image: Path, *, offset: int, size: int, label: str) -> None:
-    """FAT32 with 512-byte clusters (enough clusters to be FAT32 on a small ESP); --invariant pins ids."""
-    run(["mkfs.vfat", "-F", "32", "-s", "1", "-n", label, "--invariant", f"--offset={offset // 512}",
+def mkfs_vfat(image: Path, *, offset: int, size: int, label: str, fat32: bool = True) -> None:
+    """FAT32 with 512-byte clusters (enough clusters to be FAT32 on a small ESP); --invariant pins ids.
+
+    fat32=False lets mkfs.vfat pick FAT12/16: for images of a few MiB (an ISO's EFI boot image), which
+    are too small for FAT32 (mtools would misread them).
+    """
+    fat = ["-F", "32", "-s", "1"] if fat32 else []
+    run(["mkfs.vfat", *fat, "-n", label, "--invariant", f"--offset={offset // 512}",
          str(image), str(size // 1024)], step="make the EFI system partition (mkfs.vfat)", capture=True)
 
 
