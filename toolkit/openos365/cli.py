@@ -127,6 +127,7 @@ def export(
     compression: Annotated[str | None, typer.Option(help="zstd | xz | gzip | none")] = None,
     rootfs: Annotated[str | None, typer.Option(help="KIS root filesystem: squashfs | ext4 | erofs")] = None,
     label: Annotated[str | None, typer.Option(help="ISO volume label")] = None,
+    publisher: Annotated[str | None, typer.Option(help="ISO publisher field")] = None,
     wsl_format: Annotated[str | None, typer.Option(help="tar.gz | wsl")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
     engine: EngineOpt = None,
@@ -140,7 +141,7 @@ def export(
         "size": parse_size(size, where="--size") if size else None, "firmware": firmware,
         "kernel_cmdline": kernel_cmdline, "hostname": hostname, "user": user,
         "ssh_key": str(ssh_key) if ssh_key else None, "compression": compression, "rootfs": rootfs,
-        "label": label, "wsl_format": wsl_format, "name": name,
+        "label": label, "publisher": publisher, "wsl_format": wsl_format, "name": name,
     }
     run_export(source, to, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
                tls_verify=tls_verify)

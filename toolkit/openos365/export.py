@@ -27,7 +27,9 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     outdir = outdir.resolve()
     if dry_run:
         return _dry_run(spec, exporter, outdir, overrides)
-    tools.require(exporter.required_tools(_preview_options(spec, overrides)), purpose=f"--to {fmt}")
+    preview = _preview_options(spec, overrides)
+    exporter.validate(preview)
+    tools.require(exporter.required_tools(preview), purpose=f"--to {fmt}")
     started = time.monotonic()
     source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify,
                      flatten=not exporter.needs_engine)
@@ -63,7 +65,11 @@ def _preview_options(spec: str, overrides: dict[str, Any]):  # type: ignore[no-u
 
 def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, Any]) -> list[Path]:
     options = _preview_options(spec, overrides)
-    placeholder = Source(spec=spec, name=options.name or Path(spec.split(":")[-1]).name or "image",
+    from .sources import name_from_ref
+
+    exporter.validate(options)
+    default_name = Path(spec).name if Path(spec).is_dir() else name_from_ref(spec)
+    placeholder = Source(spec=spec, name=options.name or default_name,
                          image_id="<image id>", ref=None, tree=Path("<flattened tree>"), epoch=0, config={},
                          layer=None, engine=None)
     ctx = ExportContext(source=placeholder, options=options, outdir=outdir, scratch=outdir / ".work")

@@ -47,3 +47,7 @@ class Exporter(ABC):
 
     def required_tools(self, options: ExportOptions) -> list[str]:
         return list(self.tools)
+
+    def validate(self, options: ExportOptions) -> None:
+        """Refuse option combinations this format cannot honour, before anything is built."""
+        return None

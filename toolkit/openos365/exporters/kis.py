@@ -192,6 +192,9 @@ class KisExporter(Exporter):
     description = "kernel + initrd + root filesystem image (squashfs|ext4|erofs), cmdline, iPXE/GRUB snippets"
     tools = ("cp",)
 
+    def validate(self, options: Any) -> None:
+        check_options(options)
+
     def required_tools(self, options: Any) -> list[str]:
         return [*self.tools, ROOT_TOOLS[options.rootfs]]
 
