@@ -5,12 +5,12 @@ Each boot takes about a minute under TCG; the disks are exported once per module
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from openos365.artifacts import sha256_of as sha256
 from openos365.qemu import BootRequest, boot_test
 from tests.conftest import REPO, cli
 
@@ -31,10 +31,6 @@ def qcow2(server_image, tmp_path_factory, ssh_key) -> Path:
     cli("export", "--to", "qcow2", "layers/server", "-o", str(out), "--hostname", "testhost", "--user", "alice",
         "--ssh-key", str(ssh_key))
     return out / "server.qcow2"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def boot(artifact: Path, **kwargs):

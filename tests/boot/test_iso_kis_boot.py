@@ -9,7 +9,6 @@ each boot takes one to two minutes under TCG. Run them one at a time (one qemu p
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
 import shutil
 import struct
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from openos365 import qemu
+from openos365.artifacts import sha256_of as sha256
 from openos365.qemu import BootRequest, boot_test
 from tests.conftest import REPO, cli
 
@@ -53,14 +53,6 @@ def kis_dir(server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("kis")
     cli("export", "--to", "kis", server, "-o", str(out))
     return out
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def boot(artifact: Path, **kwargs) -> dict[str, str]:
