@@ -2,7 +2,7 @@
 
 # install system tools (apt) and the package in .venv
 setup:
-    bash scripts/setup-host.sh
+    ./scripts/setup-host.sh
 
 # build layers/server, export a bootable qcow2 and boot it under qemu
 demo:
@@ -11,7 +11,7 @@ demo:
 
 # the whole test suite (what CI runs); `just test -m "not boot"` for a quicker run
 test *ARGS:
-    .venv/bin/pytest tests {{ARGS}}
+    ./scripts/test.sh {{ARGS}}
 
 lint:
     .venv/bin/ruff check toolkit tests bench
