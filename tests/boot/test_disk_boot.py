@@ -29,7 +29,7 @@ def ssh_key(tmp_path_factory) -> Path:
 def qcow2(server_image, tmp_path_factory, ssh_key) -> Path:
     out = tmp_path_factory.mktemp("disk")
     cli("export", "--to", "qcow2", "layers/server", "-o", str(out), "--hostname", "testhost", "--user", "alice",
-        "--ssh-key", str(ssh_key))
+        "--ssh-key", str(ssh_key), "--kernel-cmdline", "openos365.test=disk")
     return out / "server.qcow2"
 
 
@@ -57,6 +57,7 @@ def test_boots_under_bios(qcow2):
     assert fields["hostname"] == "testhost"
     assert fields["root_fstype"] == "ext4" and fields["root_source"] == "/dev/vda3"
     assert "root=UUID=" in fields["cmdline"] and "console=ttyS0" in fields["cmdline"]
+    assert "openos365.test=disk" in fields["cmdline"]
     assert len(fields["machine_id"]) == 32  # made on first boot, not shipped in the image
     assert int(fields["ssh_host_keys"]) >= 1  # made on first boot
     assert fields["users"].split() == ["alice"]

@@ -160,3 +160,22 @@ def test_missing_image_reference(tmp_path):
 def test_layers_command_shows_the_tree(built, project):
     result = cli("layers", str(project / "layers"))
     assert "t-child: localhost/openos365-test/t-child:latest [built]" in result.stderr.replace("\n", " ")
+
+
+def test_inspect_finds_kernel_and_live_support(server_image):
+    import json
+
+    info = json.loads(cli("inspect", "layers/server").stdout)
+    assert info["kernel"].startswith("boot/vmlinuz-") and info["initrd"].startswith("boot/initrd.img-")
+    assert info["live"] == "live-boot" and info["systemd_repart"] is True
+    assert set(info["grub"]) == {"i386-pc", "x86_64-efi"}
+
+
+def test_json_progress_events(built, tmp_path):
+    import json
+
+    result = cli("--json", "export", "--to", "tar", built, "-o", str(tmp_path))
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    kinds = {event["event"] for event in events}
+    assert {"step-start", "step-done", "done"} <= kinds
+    assert events[-1]["event"] == "done" and "t-child.tar" in events[-1]["message"]
