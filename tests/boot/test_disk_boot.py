@@ -63,9 +63,12 @@ def test_boots_under_bios(qcow2):
     assert fields["users"].split() == ["alice"]
 
 
-def test_boots_under_uefi_and_root_grows_to_the_bigger_disk(qcow2):
-    report = boot(qcow2, firmware="uefi", grow=2 * GIB)
+def test_boots_under_uefi_and_root_grows_to_the_bigger_disk_once(qcow2):
+    report = boot(qcow2, firmware="uefi", grow=2 * GIB, boots=2)
     fields = report.fields
+    first = report.earlier[0]
+    assert first["state"] == "running" and int(first["root_fs_size"]) >= 0.95 * int(first["disk_size"])
+    assert first["root_fs_size"] == fields["root_fs_size"]  # the second boot changed nothing
     assert fields["state"] == "running" and fields["failed"] == ""
     disk = int(fields["disk_size"])
     virtual = int(subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True,

@@ -156,6 +156,8 @@ def test(
                                                 "that root grew")] = None,
     timeout: Annotated[int, typer.Option(help="seconds to wait for the boot")] = 600,
     memory: Annotated[str, typer.Option(help="guest memory")] = "1536M",
+    boots: Annotated[int, typer.Option(min=1, help="boot the same disk this many times (later boots must change "
+                                       "nothing)")] = 1,
 ) -> None:
     """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
     from .config import parse_size
@@ -163,7 +165,7 @@ def test(
 
     report = boot_test(BootRequest(artifact=artifact, firmware=firmware, medium=as_,
                                    grow=parse_size(grow, where="--grow") if grow else None,
-                                   timeout=timeout, memory=memory, workdir=workdir()))
+                                   timeout=timeout, memory=memory, workdir=workdir(), boots=boots))
     log.done(report.summary())
 
 

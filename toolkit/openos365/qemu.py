@@ -36,6 +36,7 @@ class BootRequest:
     timeout: int = 600
     memory: str = "1536M"
     workdir: Path = Path(".openos365")
+    boots: int = 1                  # boot the same (throw-away) disk again: first-boot work must not repeat
 
 
 @dataclass
@@ -47,6 +48,7 @@ class BootReport:
     fields: dict[str, str] = field(default_factory=dict)
     console_tail: list[str] = field(default_factory=list)
     note: str = ""
+    earlier: list[dict[str, str]] = field(default_factory=list)   # reports of the boots before this one
 
     def summary(self) -> str:
         if not self.fields:
@@ -228,11 +230,28 @@ def boot_test(req: BootRequest) -> BootReport:
     try:
         argv, mode = qemu_argv(req, work, accel)
         mode = f"{mode}, {req.firmware}"
-        with log.step(f"Booting {req.artifact.name} ({mode}, {accel})"):
-            report = _watch(argv, work, req, mode, accel)
+        earlier: list[dict[str, str]] = []
+        for number in range(1, req.boots + 1):
+            title = f"Booting {req.artifact.name} ({mode}, {accel})" + (f", boot {number}" if req.boots > 1 else "")
+            with log.step(title):
+                report = _watch(argv, work, req, mode, accel)
+            report.earlier = list(earlier)
+            earlier.append(report.fields)
+            for used in ("report.txt", "console.log"):
+                (work / used).unlink(missing_ok=True)
+        _check_later_boots(report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _check_later_boots(report: BootReport) -> None:
+    """A later boot of the same disk sees the same root: growth happened once and was kept."""
+    for before in report.earlier:
+        for key in ("root_fs_size", "root_part_size", "disk_size"):
+            if before.get(key) != report.fields.get(key):
+                raise BootTestError(f"{key} changed between boots ({before.get(key)} -> {report.fields.get(key)})",
+                                    hint="first-boot growth must happen once; look at systemd-repart in the journal")
 
 
 def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str) -> BootReport:
