@@ -45,6 +45,7 @@ def test_export_writes_checksum_and_manifest(qcow2):
     assert manifest["image_id"].startswith("sha256:")
     assert [p["name"] for p in manifest["disk"]["partitions"]] == ["bios", "esp", "root"]
     assert any(p.startswith("linux-image-") for p in manifest["packages"])
+    assert manifest["tools"]["mkfs.ext4"].startswith("mke2fs ") and "qemu-img" in manifest["tools"]["qemu-img"]
     assert manifest["options"]["ssh_key"].endswith("id.pub")
     assert "AAAAC3" not in json.dumps(manifest)  # the key itself is never recorded
     assert not list(qcow2.parent.glob(".*"))  # no scratch or partial files left behind

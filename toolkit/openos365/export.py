@@ -46,7 +46,8 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     files = [p for p in paths if p.is_file()]
     for path in files:
         write_checksum(path)
-    write_manifest(outdir, f"{ctx.name}.{fmt}", _manifest(source, fmt, options, files, details))
+    versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
+    write_manifest(outdir, f"{ctx.name}.{fmt}", _manifest(source, fmt, options, files, details, versions))
     log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
     return paths
 
@@ -83,7 +84,8 @@ def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, A
     return []
 
 
-def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details: dict[str, Any]) -> dict[str, Any]:
+def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details: dict[str, Any],
+              versions: dict[str, str | None]) -> dict[str, Any]:
     opts = {k: v for k, v in vars(options).items() if v is not None}
     return {
         "format": fmt,
@@ -94,7 +96,7 @@ def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details
         "options": opts,
         "files": {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in files},
         "packages": installed_packages(source.tree) if source.tree else [],
-        "tools": {"openos365": __version__, "python": platform.python_version(), **tool_versions()},
+        "tools": {"openos365": __version__, "python": platform.python_version(), **versions},
         **details,
     }
 
@@ -117,8 +119,3 @@ def installed_packages(tree: Path) -> list[str]:
                 packages.append(f"{name}={version}")
             name, version, installed = "", "", False
     return sorted(packages)
-
-
-def tool_versions() -> dict[str, str]:
-    version = tools.e2fsprogs_version()
-    return {"e2fsprogs": ".".join(map(str, version))} if version else {}

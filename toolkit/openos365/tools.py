@@ -74,3 +74,16 @@ def reproducible_ext4() -> bool:
     """e2fsprogs < 1.47.1 copies atime/ctime of the source tree into the image: never byte-identical."""
     version = e2fsprogs_version()
     return version is not None and version >= (1, 47, 1)
+
+
+_VERSION_FLAGS = {"mkfs.ext4": "-V", "mksquashfs": "-version", "xorriso": "-version", "mkfs.erofs": "--help"}
+
+
+def version_of(command: str) -> str | None:
+    """The first line a tool prints about its version, for the manifest (None when not installed)."""
+    path = which(command)
+    if path is None:
+        return None
+    result = run([path, _VERSION_FLAGS.get(command, "--version")], capture=True, check=False)
+    text = (result.stdout.strip() or "\n".join(result.tail)).splitlines()
+    return text[0].strip() if text else None
