@@ -18,7 +18,6 @@ from typing import Any
 
 from . import log
 from .errors import UserError
-from .rootfs import clamp_mtimes  # noqa: F401  (exporters use boot.clamp_mtimes)
 from .tarapply import resolve_in_root
 
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"

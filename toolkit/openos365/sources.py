@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,4 @@ def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bo
 
 
 def _env_epoch() -> int | None:
-    import os
-
     return source_date_epoch(0) if "SOURCE_DATE_EPOCH" in os.environ else None

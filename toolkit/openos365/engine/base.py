@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import CommandError, OpenOSError, UserError
 from ..runner import run
@@ -131,8 +131,3 @@ class Engine(ABC):
 
     def versions(self) -> str:
         return run([self.binary, "--version"], capture=True, check=False).stdout.strip()
-
-
-def stream_lines(stream: IO[bytes]) -> Iterator[str]:
-    for raw in stream:
-        yield raw.decode(errors="replace").rstrip("\n")

@@ -17,7 +17,7 @@ from ..artifacts import atomic_path
 from ..disk import grub
 from ..disk.filesystems import fat_copy, mkfs_ext4, mkfs_vfat
 from ..disk.layout import Layout, plan, write_partition_table
-from ..rootfs import copy_tree
+from ..rootfs import clamp_mtimes, copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
 
@@ -150,7 +150,7 @@ def prepare_disk_tree(tree: Path, ctx: ExportContext, kernel: boot.Kernel, root_
         cmdline=cmdline)
     boot.write_file(tree, "boot/grub/grub.cfg", grub.config([entry], search=grub.search_by_uuid(root_uuid),
                                                              timeout=1), epoch=epoch)
-    boot.clamp_mtimes(tree, epoch)
+    clamp_mtimes(tree, epoch)
     return user
 
 

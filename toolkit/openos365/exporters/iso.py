@@ -22,7 +22,7 @@ from ..artifacts import atomic_path
 from ..disk import grub
 from ..disk.filesystems import fat_copy, mkfs_vfat
 from ..errors import UserError
-from ..rootfs import copy_tree
+from ..rootfs import clamp_mtimes, copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
 
@@ -105,7 +105,7 @@ def prepare_tree(ctx: ExportContext) -> tuple[Path, dict[str, Any]]:
         log.note("dropping /etc/repart.d from this copy: there is no partition table to grow")
         boot.remove(tree, "etc/repart.d/*")
     boot.write_file(tree, "etc/fstab", LIVE_FSTAB, epoch=epoch)
-    boot.clamp_mtimes(tree, epoch)
+    clamp_mtimes(tree, epoch)
     return tree, user
 
 
