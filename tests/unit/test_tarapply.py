@@ -181,3 +181,19 @@ def test_resolve_in_root_loops_are_refused(tmp_path):
     os.symlink("a", tmp_path / "b")
     with pytest.raises(HostileLayerError, match="too many symlinks"):
         resolve_in_root(str(tmp_path), "a/x")
+
+
+@pytest.mark.parametrize("name", ["a/.wh..", ".wh..", "a/.wh."])
+def test_whiteouts_that_name_no_entry_are_refused(tmp_path, name):
+    root = tmp_path / "root"
+    (tmp_path / "sibling").mkdir()
+    with pytest.raises(HostileLayerError, match="names no entry"):
+        apply(root, layer(("a/keep", "file", {"data": b"k"})), layer((name, "file", {})))
+    assert (tmp_path / "sibling").exists()
+
+
+def test_read_only_directories_get_their_mode_after_their_entries(tmp_path):
+    apply(tmp_path, layer(("usr/bin", "dir", {"mode": 0o555}), ("usr/bin/true", "file", {"data": b"x"})),
+          layer(("usr/bin", "dir", {"mode": 0o755})))
+    assert (tmp_path / "usr/bin/true").read_bytes() == b"x"
+    assert stat.S_IMODE(os.stat(tmp_path / "usr/bin").st_mode) == 0o755  # the later layer's mode wins

@@ -29,6 +29,13 @@ def atomic_path(final: Path) -> Iterator[Path]:
     except BaseException:
         _remove(temp)
         raise
+    if final.is_dir() and not final.is_symlink():  # a directory artifact (--to dir) from an earlier run
+        old = final.with_name(f".{final.name}.old")
+        _remove(old)
+        os.replace(final, old)
+        os.replace(temp, final)
+        _remove(old)
+        return
     os.replace(temp, final)
 
 

@@ -32,8 +32,9 @@ class Kernel:
     initrd_link: Path | None = None
 
 
-def _version_key(version: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"[.\-+~]", version)]
+def _version_key(version: str) -> list[tuple[int, int, str]]:
+    """Numeric parts compare as numbers, others as text (a number sorts after text in the same place)."""
+    return [(1, int(p), "") if p.isdigit() else (0, 0, p) for p in re.split(r"[.\-+~]", version)]
 
 
 def _candidates(tree: Path) -> list[tuple[str, Path, list[Path]]]:
@@ -57,7 +58,8 @@ def find_kernel(tree: Path) -> Kernel:
                         f"{tree})", hint="add a kernel to the layer: linux-image-amd64 (Debian), "
                         "linux-image-generic (Ubuntu), kernel (Fedora), kernel-default (openSUSE)")
     version, kernel, initrds = max(found, key=lambda item: _version_key(item[0]))
-    initrd = next((p for p in initrds if p.exists()), None)
+    kernel = _file_in_tree(tree, kernel)
+    initrd = next((f for f in (_file_in_tree(tree, p) for p in initrds) if f.is_file()), None)
     if initrd is None:
         raise UserError(f"the image has kernel {version} but no initrd for it",
                         hint="add an initrd generator to the layer before the kernel: initramfs-tools (Debian) "
@@ -68,6 +70,12 @@ def find_kernel(tree: Path) -> Kernel:
     return Kernel(version, kernel.relative_to(tree), initrd.relative_to(tree),
                   Path("vmlinuz") if same_kernel else None,
                   Path("initrd.img") if same_kernel and initrd_link.is_symlink() else None)
+
+
+def _file_in_tree(tree: Path, path: Path) -> Path:
+    """`path` with every symlink resolved inside the tree: an image's `initrd.img -> /etc/shadow` means the
+    image's own /etc/shadow, never the build host's."""
+    return in_tree(tree, str(path.relative_to(tree)), follow=True)
 
 
 def live_support(tree: Path) -> str | None:
@@ -171,6 +179,11 @@ def clear_identity(tree: Path, epoch: int) -> None:
     write_file(tree, "etc/machine-id", "", 0o444, epoch)
     remove(tree, "etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub", "var/lib/systemd/random-seed",
            "var/lib/dbus/machine-id")
+
+
+def hostname_from(name: str) -> str:
+    """A valid host name made from an artifact name (letters, digits and '-', at most 63)."""
+    return re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-")[:63] or "localhost"
 
 
 def set_hostname(tree: Path, hostname: str, epoch: int) -> None:

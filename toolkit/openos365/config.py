@@ -68,6 +68,9 @@ def validate_export(opts: ExportOptions, *, where: str) -> ExportOptions:
         raise bad("rootfs", opts.rootfs, ROOTFS_TYPES)
     if opts.wsl_format not in WSL_FORMATS:
         raise bad("wsl_format", opts.wsl_format, WSL_FORMATS)
+    if opts.name is not None and not _NAME_RE.match(opts.name):
+        raise UserError(f"{where}: export.name '{opts.name}' is not a valid artifact name",
+                        hint="use lower-case letters, digits, '.', '_' and '-' (no '/')")
     if opts.hostname is not None and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}", opts.hostname):
         raise UserError(f"{where}: export.hostname '{opts.hostname}' is not a valid host name",
                         hint="use letters, digits and '-', at most 63 characters")

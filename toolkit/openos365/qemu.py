@@ -189,7 +189,7 @@ def medium_args(req: BootRequest, work: Path) -> tuple[list[str], str]:
         if medium == "disk":
             return ["-drive", f"file={art},format=raw,if=virtio,snapshot=on"], "iso-disk"
         raise UserError(f"--as {medium}: use one of {', '.join(MEDIA)}")
-    fmt = DISK_SUFFIXES.get(art.suffix) or output(["qemu-img", "info", "--output=json", str(art)])
+    fmt = DISK_SUFFIXES.get(art.suffix) or _json(["qemu-img", "info", "--output=json", str(art)])["format"]
     overlay = work / "overlay.qcow2"
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(art), str(overlay)]
     if req.grow:

@@ -88,6 +88,15 @@ def parse_archive_ref(spec: str) -> tuple[str, Path]:
 
 
 def read_archive(spec: str) -> ArchiveImage:
+    try:
+        return _read_archive(spec)
+    except (OSError, tarfile.TarError, KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"{spec}: not a readable image archive ({exc})",
+                        hint="give an oci-archive, docker-archive or OCI layout written by podman save, "
+                        "docker save or skopeo (uncompressed tar)") from exc
+
+
+def _read_archive(spec: str) -> ArchiveImage:
     transport, path = parse_archive_ref(spec)
     reader = _Reader(path)
     try:
@@ -99,9 +108,9 @@ def read_archive(spec: str) -> ArchiveImage:
             layers = tuple((name, "tar") for name in manifest["Layers"])
         else:
             index = reader.json("index.json")
-            manifest = reader.json(_blob_path(index["manifests"][0]["digest"]))
-            if "manifests" in manifest:  # an image index: take the first (linux/amd64 for our images)
-                manifest = reader.json(_blob_path(manifest["manifests"][0]["digest"]))
+            manifest = reader.json(_blob_path(_pick(index["manifests"], spec)["digest"]))
+            if "manifests" in manifest:  # an image index: the linux/amd64 image
+                manifest = reader.json(_blob_path(_pick(manifest["manifests"], spec)["digest"]))
             digest = manifest["config"]["digest"]
             config = reader.json(_blob_path(digest))
             layers = tuple((_blob_path(layer["digest"]), layer.get("mediaType", "")) for layer in
@@ -109,6 +118,23 @@ def read_archive(spec: str) -> ArchiveImage:
     finally:
         reader.close()
     return ArchiveImage(transport, path, config, digest, layers)
+
+
+def _pick(manifests: list[dict[str, Any]], spec: str) -> dict[str, Any]:
+    """The manifest a reference means: by tag (`oci:DIR:TAG`), else linux/amd64, else the only one."""
+    tag = spec.split(":", 2)[2] if spec.count(":") >= 2 else None
+    if tag:
+        named = [m for m in manifests if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+                 in (tag, tag.rsplit(":", 1)[-1])]
+        if not named:
+            raise UserError(f"{spec}: no image tagged '{tag}' in it")
+        return named[0]
+    amd64 = [m for m in manifests if (m.get("platform") or {}).get("architecture") in ("amd64", None)]
+    if len(amd64) > 1 and any("platform" in m for m in amd64):
+        amd64 = [m for m in amd64 if (m.get("platform") or {}).get("architecture") == "amd64"]
+    if len(amd64) != 1:
+        raise UserError(f"{spec}: holds {len(manifests)} images; name one", hint=f"use {spec}:TAG")
+    return amd64[0]
 
 
 def _apply_archive(image: ArchiveImage, applier: LayerApplier) -> None:

@@ -37,7 +37,7 @@ class ApplyStats:
     bytes: int = 0
     skipped_devices: int = 0
     skipped_xattrs: int = 0
-    dir_times: list[tuple[str, float]] = field(default_factory=list)
+    dirs: list[tuple[str, int, float]] = field(default_factory=list)   # (path, mode, mtime), set last
 
 
 def _clean_name(name: str, source: str) -> str:
@@ -120,11 +120,17 @@ class LayerApplier:
                 self._apply_member(tar, member, source, created)
 
     def finish(self) -> ApplyStats:
-        """Set directory times last: creating entries inside a directory changes its mtime."""
-        for path, mtime in reversed(self.stats.dir_times):
-            if os.path.isdir(path):
+        """Directory modes and times last: entries created inside change a directory's mtime, and a
+        read-only directory (Fedora's 0555 /usr/bin) must stay writable until its entries are in."""
+        done: set[str] = set()
+        for path, mode, mtime in reversed(self.stats.dirs):  # children first; a later layer's entry wins
+            if path in done:
+                continue
+            done.add(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, mode)
                 os.utime(path, (mtime, mtime), follow_symlinks=False)
-        self.stats.dir_times.clear()
+        self.stats.dirs.clear()
         os.chmod(self.root, 0o755)
         return self.stats
 
@@ -138,7 +144,11 @@ class LayerApplier:
             self._opaque(resolve_in_root(self.root, parent_rel, source, follow_last=True), rel, created)
             return
         if base.startswith(WHITEOUT):
-            target = resolve_in_root(self.root, f"{parent_rel}/{base[len(WHITEOUT):]}", source)
+            hidden = base[len(WHITEOUT):]
+            if hidden in ("", ".", ".."):
+                raise HostileLayerError(f"{source}: whiteout '{member.name}' names no entry of its directory",
+                                        hint="this image is refused; rebuild it with a container engine")
+            target = resolve_in_root(self.root, f"{parent_rel}/{hidden}", source)
             _remove(target)
             return
         dest = resolve_in_root(self.root, rel, source)
@@ -215,13 +225,13 @@ class LayerApplier:
         for key, value in member.pax_headers.items():
             if key.startswith("SCHILY.xattr."):
                 self._setxattr(dest, key[len("SCHILY.xattr."):], value)
-        if not member.issym():
-            os.chmod(dest, member.mode & 0o7777)  # after chown: chown clears setuid bits
         mtime = member.mtime if self.clamp is None else min(member.mtime, self.clamp)
         if member.isdir():
-            self.stats.dir_times.append((dest, mtime))
-        else:
-            os.utime(dest, (mtime, mtime), follow_symlinks=False)
+            self.stats.dirs.append((dest, member.mode & 0o7777, mtime))
+            return
+        if not member.issym():
+            os.chmod(dest, member.mode & 0o7777)  # after chown: chown clears setuid bits
+        os.utime(dest, (mtime, mtime), follow_symlinks=False)
 
     def _setxattr(self, dest: str, name: str, value: str) -> None:
         data = value.encode("utf-8", "surrogateescape")

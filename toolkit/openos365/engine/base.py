@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,27 +37,14 @@ class BuildRequest:
 
 
 def parse_created(text: str) -> int:
-    """RFC 3339 with nanoseconds (podman/docker) -> epoch seconds."""
-    text = text.strip()
-    main, _, rest = text.partition(".")
-    zone = ""
-    if rest:
-        digits = ""
-        for i, ch in enumerate(rest):
-            if not ch.isdigit():
-                zone = rest[i:]
-                break
-            digits += ch
-    else:
-        for marker in ("Z", "+"):
-            if marker in main[10:]:
-                idx = main.index(marker, 10)
-                main, zone = main[:idx], main[idx:]
-                break
-    zone = zone.strip().replace("Z", "+00:00").split(" ")[0] or "+00:00"
-    if len(zone) == 5 and zone[0] in "+-":  # +0000
-        zone = zone[:3] + ":" + zone[3:]
-    return int(datetime.fromisoformat(main + zone).timestamp())
+    """RFC 3339 as engines write it (nanoseconds, Z or an offset, sometimes ' +0000 UTC') -> epoch seconds."""
+    clean = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
+    clean = re.sub(r" ([+-]\d{2})(\d{2})( \w+)?$", r"\1:\2", clean)
+    try:
+        return int(datetime.fromisoformat(clean).timestamp())
+    except ValueError as exc:
+        raise UserError(f"cannot read the image's creation time '{text}'",
+                        hint="set SOURCE_DATE_EPOCH to choose the time of the export") from exc
 
 
 # What podman and docker print when a registry operation fails -> what it means and what to do.

@@ -102,5 +102,5 @@ class OciArchiveExporter(_ArchiveExporter):
         else:
             skopeo_copy(source.spec, f"oci:{layout}:{name}")
         # members named like podman's own (index.json, blobs/...), not ./index.json: some readers need that
-        argv = tar_argv(layout, source.epoch, temp)
+        argv = [*tar_argv(layout, source.epoch, temp)[:-1], "--owner=0", "--group=0", "."]  # same bytes for any user
         run([*argv[:-1], *sorted(os.listdir(layout))], capture=True, step="tar the OCI layout")

@@ -17,6 +17,7 @@ from ..artifacts import atomic_path
 from ..disk import grub
 from ..disk.filesystems import fat_copy, mkfs_ext4, mkfs_vfat
 from ..disk.layout import Layout, plan, write_partition_table
+from ..errors import UserError
 from ..rootfs import clamp_mtimes, copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
@@ -50,6 +51,16 @@ class DiskExporter(Exporter):
 
     def required_tools(self, options: Any) -> list[str]:
         return [*self.tools, *(["qemu-img"] if self.format.qemu_format else [])]
+
+    def validate(self, options: Any) -> None:
+        if options.compression is None:
+            return
+        if self.name != "qcow2":
+            raise UserError(f"--compression does not apply to --to {self.name}",
+                            hint="only qcow2 compresses (zstd or gzip); compress raw disks with zstd or xz afterwards")
+        if options.compression not in QCOW2_COMPRESSION:
+            raise UserError(f"--compression {options.compression} is not available for qcow2",
+                            hint="use zstd (qemu >= 5.1 to read it), gzip (zlib, any qemu) or none")
 
     def plan(self, ctx: ExportContext) -> list[str]:
         fw = ctx.options.firmware
@@ -123,7 +134,7 @@ def build_raw_disk(ctx: ExportContext) -> tuple[Path, Layout, dict[str, Any]]:
 def prepare_disk_tree(tree: Path, ctx: ExportContext, kernel: boot.Kernel, root_uuid: str, cmdline: str) -> dict:
     options, epoch = ctx.options, ctx.source.epoch
     boot.clear_identity(tree, epoch)
-    boot.set_hostname(tree, options.hostname or ctx.name, epoch)
+    boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
     boot.set_resolver(tree)
     user = boot.add_user(tree, options.user, options.ssh_key, epoch)
     fstab = f"# written by openos365\nUUID={root_uuid} / ext4 defaults,x-systemd.growfs 0 1\n"
@@ -136,11 +147,13 @@ def prepare_disk_tree(tree: Path, ctx: ExportContext, kernel: boot.Kernel, root_
     else:
         log.warn("the image has no systemd-repart: the root partition will not grow on first boot "
                  "(add systemd >= 245 with systemd-repart, or cloud-initramfs-growroot, to the layer)")
-    grub_dir = tree / "boot/grub"
+    grub_dir = boot.in_tree(tree, "boot/grub")  # an image's boot/grub symlink must not lead to the host
+    if grub_dir.is_symlink() or (grub_dir.exists() and not grub_dir.is_dir()):
+        grub_dir.unlink()
     grub_dir.mkdir(parents=True, exist_ok=True)
     for platform in platforms(options.firmware):
         target = grub_dir / platform
-        if target.exists():
+        if target.is_symlink() or target.exists():
             boot.remove(tree, f"boot/grub/{platform}")
         copy_tree(boot.grub_platform_dir(ctx.source.tree, platform), target)
     entry = grub.MenuEntry(
@@ -163,13 +176,13 @@ def install_bootloaders(image: Path, layout: Layout, tree: Path, ctx: ExportCont
     early = grub.early_config(grub.search_by_uuid(root_uuid), work / "early.cfg")
     esp = layout.get("esp")
     if esp is not None:
-        efi = grub.mkimage(fmt="x86_64-efi", module_dir=tree / "boot/grub/x86_64-efi", early_cfg=early,
+        efi = grub.mkimage(fmt="x86_64-efi", module_dir=boot.in_tree(tree, "boot/grub/x86_64-efi"), early_cfg=early,
                            output=work / "BOOTX64.EFI", modules=grub.DISK_EFI_MODULES)
         mkfs_vfat(image, offset=esp.start, size=esp.size, label="ESP")
         fat_copy(image, esp.start, {"/EFI/BOOT/BOOTX64.EFI": efi}, ctx.source.epoch)
     bios = layout.get("bios")
     if bios is not None:
-        core = grub.mkimage(fmt="i386-pc", module_dir=tree / "boot/grub/i386-pc", early_cfg=early,
+        core = grub.mkimage(fmt="i386-pc", module_dir=boot.in_tree(tree, "boot/grub/i386-pc"), early_cfg=early,
                             output=work / "core.img", modules=grub.DISK_BIOS_MODULES)
-        grub.install_bios(image, core_img=core, boot_img=tree / "boot/grub/i386-pc/boot.img",
+        grub.install_bios(image, core_img=core, boot_img=boot.in_tree(tree, "boot/grub/i386-pc/boot.img"),
                           core_lba=bios.start_sector)

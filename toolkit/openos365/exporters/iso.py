@@ -98,7 +98,7 @@ def prepare_tree(ctx: ExportContext) -> tuple[Path, dict[str, Any]]:
     tree = ctx.scratch_dir("tree")
     copy_tree(ctx.source.tree, tree)
     boot.clear_identity(tree, epoch)
-    boot.set_hostname(tree, options.hostname or ctx.name, epoch)
+    boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
     boot.set_resolver(tree)
     user = boot.add_user(tree, options.user, options.ssh_key, epoch)
     if (tree / "etc/repart.d").is_dir() and any((tree / "etc/repart.d").iterdir()):

@@ -215,6 +215,9 @@ class KisExporter(Exporter):
     def export(self, ctx: ExportContext) -> tuple[list[Path], dict[str, Any]]:
         options, source, epoch = ctx.options, ctx.source, ctx.source.epoch
         check_options(options)
+        # the .append file marks a complete set: drop the old one first, write the new one last
+        for stale in (f"{ctx.name}.append", f"{ctx.name}.append.sha256"):
+            (ctx.outdir / stale).unlink(missing_ok=True)
         kernel = boot.find_kernel(source.tree)
         live = boot.live_support(source.tree)
         if options.rootfs == "erofs":
