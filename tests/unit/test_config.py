@@ -97,3 +97,25 @@ def test_cli_overrides_layer_defaults(tmp_path):
 def test_invalid_option_values(key, value):
     with pytest.raises(UserError, match=f"export.{key}"):
         ExportOptions().merged({key: value})
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", "Server"])
+def test_artifact_names_cannot_leave_the_output_directory(name):
+    with pytest.raises(UserError, match="export.name"):
+        ExportOptions().merged({"name": name})
+
+
+@pytest.mark.parametrize("text,epoch", [("2024-01-02T03:04:05-05:00", 1704182645),
+                                        ("2026-11-25T19:51:23.123456789Z", 1795636283),
+                                        ("2026-11-25 19:51:23.123456789 +0000 UTC", 1795636283)])
+def test_engine_creation_times(text, epoch):
+    from openos365.engine.base import parse_created
+
+    assert parse_created(text) == epoch
+
+
+def test_unreadable_creation_time_is_a_user_error():
+    from openos365.engine.base import parse_created
+
+    with pytest.raises(UserError, match="creation time"):
+        parse_created("yesterday")

@@ -90,3 +90,33 @@ def test_install_bios_refuses_oversized_core(tmp_path):
     (tmp_path / "boot.img").write_bytes(b"\0" * 512)
     with pytest.raises(ValueError, match="BIOS boot partition"):
         grub.install_bios(disk, core_img=core, boot_img=tmp_path / "boot.img", core_lba=2048)
+
+
+def test_disk_compression_is_checked_before_any_work():
+    from openos365.config import ExportOptions
+    from openos365.exporters.disk import DiskExporter
+
+    DiskExporter("qcow2").validate(ExportOptions(compression="zstd"))
+    with pytest.raises(UserError, match="not available for qcow2"):
+        DiskExporter("qcow2").validate(ExportOptions(compression="xz"))
+    with pytest.raises(UserError, match="does not apply to --to raw"):
+        DiskExporter("raw").validate(ExportOptions(compression="zstd"))
+
+
+@pytest.mark.parametrize("name,host", [("server", "server"), ("my_image.v2", "my-image-v2"), ("__", "localhost")])
+def test_default_host_name_is_valid(name, host):
+    from openos365.boot import hostname_from
+
+    assert hostname_from(name) == host
+
+
+def test_bad_archives_are_user_errors(tmp_path):
+    from openos365.rootfs import read_archive
+
+    junk = tmp_path / "x.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(UserError, match="not a readable image archive"):
+        read_archive(f"oci-archive:{junk}")
+    (tmp_path / "layout").mkdir()
+    with pytest.raises(UserError, match="not .*image archive"):
+        read_archive(f"oci:{tmp_path / 'layout'}")
