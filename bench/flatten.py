@@ -22,7 +22,7 @@ def cold_build(work) -> float:
         return timed("cold build (bootstrap + base + server)",
                      lambda: openos365("build", "layers/server", workdir=work / "wd", env=env))
     finally:
-        sh("podman", "system", "reset", "--force", env=env)
+        sh("podman", "rmi", "--all", "--force", env=env)  # only the bench's own store (env); then rmtree
 
 
 def main() -> None:
