@@ -77,4 +77,5 @@ def write_manifest(outdir: Path, name: str, data: dict[str, Any]) -> Path:
 
 
 def describe(paths: list[Path]) -> str:
-    return ", ".join(f"{p} ({log.human_size(p.stat().st_size)})" for p in paths if p.exists())
+    return ", ".join(f"{p} ({'directory' if p.is_dir() else log.human_size(p.stat().st_size)})"
+                     for p in paths if p.exists())
