@@ -115,11 +115,11 @@ def test_interrupted_export_leaves_no_final_file_and_the_next_run_works(server_i
     proc = subprocess.Popen([sys.executable, "-m", "openos365.cli", "export", "--to", "raw", "layers/server", "-o",
                              str(tmp_path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and not (
-            tmp_path / ".openos365-work-server-raw").exists():
-        time.sleep(0.5)
-    time.sleep(6)  # well into the export: tree copied or disk being written
-    proc.kill()
+    disk_in_progress = tmp_path / ".openos365-work-server-raw" / "disk.raw"
+    while time.monotonic() < deadline and proc.poll() is None and not disk_in_progress.exists():
+        time.sleep(0.05)
+    proc.kill()  # mid-way: the disk is being written, the final name is not there yet
+    assert disk_in_progress.exists(), "the export ended before it could be interrupted"
     proc.wait()
     assert not (tmp_path / "server.raw").exists()
     cli("export", "--to", "raw", "layers/server", "-o", str(tmp_path))
