@@ -4,6 +4,7 @@ import pytest
 
 from openos365 import boot
 from openos365.errors import UserError
+from openos365.imagetree import ImageTree
 
 
 def debian_tree(tmp_path, versions=("6.1.0-10-amd64", "6.1.0-9-amd64")):
@@ -98,7 +99,7 @@ def test_write_file_replaces_symlink_instead_of_following_it(tmp_path):
     target.write_text("keep")
     (tmp_path / "tree/etc").mkdir(parents=True)
     os.symlink(str(target), tmp_path / "tree/etc/hostname")
-    boot.write_file(tmp_path / "tree", "etc/hostname", "box\n")
+    ImageTree(tmp_path / "tree").write("etc/hostname", "box\n")
     assert target.read_text() == "keep"
     assert (tmp_path / "tree/etc/hostname").read_text() == "box\n"
 

@@ -147,7 +147,8 @@ def test_rootfs_other_than_squashfs_is_not_used_for_the_iso(capsys):
 
 def test_prepared_tree_has_no_identity_uuid_fstab_or_repart(tmp_path):
     ctx = context(tmp_path, fake_tree(tmp_path / "tree"), hostname="demo")
-    tree, user = iso.prepare_tree(ctx)
+    prepared, user = iso.prepare_tree(ctx)
+    tree = prepared.root
     assert user == {}
     fstab = (tree / "etc/fstab").read_text()
     assert "UUID" not in fstab and not any(line.split()[1:2] == ["/"] for line in fstab.splitlines()

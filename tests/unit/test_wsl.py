@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from openos365 import dpkg
 from openos365.errors import UserError
 from openos365.exporters import EXPORTERS, wsl
 
@@ -106,7 +107,7 @@ def test_fstab_keeps_comments_and_drops_entries() -> None:
 
 def test_purge_selects_installed_kernel_and_boot_packages_only() -> None:
     assert wsl.packages_to_purge(STATUS) == ["grub-pc-bin", "linux-image-6.1.0-50-amd64"]
-    kept = wsl.status_without(STATUS, ["grub-pc-bin", "linux-image-6.1.0-50-amd64"])
+    kept = dpkg.status_without(STATUS, ["grub-pc-bin", "linux-image-6.1.0-50-amd64"])
     assert "Package: bash" in kept and "Package: linux-base" in kept and "grub-pc-bin" not in kept
     assert kept.endswith("\n\n") and "\n\n\n" not in kept
 

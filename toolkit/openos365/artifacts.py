@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import log
+from .rootfs import remove_tree
 
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary name beside `final`; renamed to `final` only when the block succeeds.
+    """A temporary name beside `final` (unique to this process); renamed to `final` only when the block
+    succeeds.
 
-    An interrupted export leaves no file under the final name; the temp file is removed (or, after a
-    kill, is a dot-file the next run of the same export removes).
+    An interrupted export leaves no file under the final name. The old artifact's checksum goes before the
+    new artifact takes its name, so a kill never leaves a stale .sha256 beside a new artifact. A temp file
+    left by a killed process is removed by the next run (its process is gone).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(f".{final.name}.partial")
+    remove_abandoned(final.parent, f".{final.name}.partial-")
+    temp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     _remove(temp)
     try:
         yield temp
     except BaseException:
         _remove(temp)
         raise
+    checksum_path(final).unlink(missing_ok=True)
     if final.is_dir() and not final.is_symlink():  # a directory artifact (--to dir) from an earlier run
-        old = final.with_name(f".{final.name}.old")
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
         _remove(old)
         os.replace(final, old)
         os.replace(temp, final)
@@ -39,11 +44,22 @@ def atomic_path(final: Path) -> Iterator[Path]:
     os.replace(temp, final)
 
 
+def remove_abandoned(directory: Path, prefix: str) -> None:
+    """Remove `<prefix><pid>` entries of processes that no longer run (killed exports)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        pid = entry.name.removeprefix(prefix) if entry.name.startswith(prefix) else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _remove(entry)
+
+
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    remove_tree(path)
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def sha256_of(path: Path) -> str:
@@ -55,25 +71,43 @@ def sha256_of(path: Path) -> str:
 
 
 def write_checksum(path: Path) -> Path:
-    target = path.with_name(path.name + ".sha256")
+    target = checksum_path(path)
     with atomic_path(target) as temp:
         temp.write_text(f"{sha256_of(path)}  {path.name}\n")
     return target
 
 
+@contextmanager
+def _manifest_locked(outdir: Path) -> Iterator[dict[str, Any]]:
+    """manifest.json read, changed by the block and written back, one process at a time."""
+    path = outdir / "manifest.json"
+    with open(outdir / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current: dict[str, Any] = {}
+        if path.exists():
+            try:
+                current = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                log.warn(f"{path} was not valid JSON; rewriting it")
+        yield current
+        with atomic_path(path) as temp:
+            temp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
 def write_manifest(outdir: Path, name: str, data: dict[str, Any]) -> Path:
     """manifest.json: one entry per export name, so several exports can share an output directory."""
-    path = outdir / "manifest.json"
-    current: dict[str, Any] = {}
-    if path.exists():
-        try:
-            current = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            log.warn(f"{path} was not valid JSON; rewriting it")
-    current.setdefault("artifacts", {})[name] = data
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    return path
+    with _manifest_locked(outdir) as manifest:
+        manifest.setdefault("artifacts", {})[name] = data
+    return outdir / "manifest.json"
+
+
+def forget_manifest_entry(outdir: Path, name: str) -> None:
+    """Drop an export's entry before its artifacts are replaced: a killed export must not leave the old
+    entry (with old checksums) describing new files."""
+    if not (outdir / "manifest.json").exists():
+        return
+    with _manifest_locked(outdir) as manifest:
+        manifest.get("artifacts", {}).pop(name, None)
 
 
 def describe(paths: list[Path]) -> str:

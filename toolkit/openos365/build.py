@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import log
-from .config import LayerConfig
-from .engine import BuildRequest, Engine, ImageInfo
-from .errors import UserError
+from .config import LayerConfig, load_yaml_mapping
+from .engine import BuildRequest, Engine, ImageInfo, check_ref
+from .errors import CommandError, OpenOSError, UserError, shown
 from .layers import chain
 from .runner import run
 
@@ -55,18 +53,37 @@ def ensure_base_image(layer: LayerConfig, engine: Engine, *, workdir: Path) -> s
         recipe = project_root(layer.directory) / "Containerfiles" / layer.bootstrap
         bootstrap(recipe, engine, workdir=workdir, expected_ref=layer.base_image)
     else:
-        engine.pull(layer.base_image)
+        try:
+            engine.pull(layer.base_image)
+        except (CommandError, UserError) as exc:
+            raise UserError(f"{shown(layer.directory / 'layer.yaml')}: from: {layer.base_image} does not exist "
+                            f"locally and could not be pulled ({_pull_failure(exc)})",
+                            hint="check the name; build or pull it first (openos365 pull IMAGE), or add "
+                            "'bootstrap: RECIPE' to make it from a distribution archive (see Containerfiles/)"
+                            ) from exc
     return engine.inspect(layer.base_image).id
+
+
+def _pull_failure(exc: OpenOSError) -> str:
+    """The engine's own reason for a failed pull, in one line."""
+    if isinstance(exc, CommandError):
+        reason = next((line.split("Error: ", 1)[1] for line in reversed(exc.tail) if "Error: " in line), "")
+        return " ".join(reason.split()) or f"exit status {exc.returncode}"
+    return exc.message.split(": ", 1)[-1]
 
 
 def build_one(layer: LayerConfig, parent_ref: str, engine: Engine, *, cache_from: str | None,
               cache_to: str | None, no_cache: bool) -> BuiltImage:
     tags = [f"{layer.image}:{tag}" for tag in layer.tags]
     args = {**layer.build_args, "PARENT": parent_ref}
+    request = BuildRequest(containerfile=layer.containerfile, context=layer.directory, tags=tags, build_args=args,
+                           cache_from=cache_from, cache_to=cache_to, no_cache=no_cache)
     with log.step(f"Building layer {layer.name}"):
-        image_id = engine.build(
-            BuildRequest(containerfile=layer.containerfile, context=layer.directory, tags=tags,
-                         build_args=args, cache_from=cache_from, cache_to=cache_to, no_cache=no_cache))
+        try:
+            image_id = engine.build(request)
+        except CommandError as exc:
+            raise CommandError(exc.argv, exc.returncode, exc.tail, step=exc.step, hint=exc.hint,
+                               message=f"layer {layer.name}: {exc.message}") from exc
         content_tag = f"{layer.image}:{image_id[:12]}"
         engine.tag(image_id, content_tag)
         info = engine.inspect(image_id)
@@ -87,30 +104,54 @@ class BootstrapRecipe:
     changes: tuple[str, ...]
 
 
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _RECIPE_KEYS = {"tool", "image", "suite", "mirror", "variant", "components", "include", "setup_hooks",
                 "changes", "description"}
+_RECIPE_NEEDS = "a bootstrap.yaml needs at least 'image: NAME:TAG' and 'suite: SUITE' (see Containerfiles/README.md)"
 
 
 def load_recipe(recipe_dir: Path) -> BootstrapRecipe:
     path = recipe_dir / "bootstrap.yaml"
     if not path.is_file():
-        raise UserError(f"{recipe_dir}: no bootstrap.yaml",
+        raise UserError(f"{shown(recipe_dir)}: no bootstrap.yaml",
                         hint="recipes live in Containerfiles/<name>/bootstrap.yaml; see Containerfiles/README.md")
-    data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml_mapping(path, needs=_RECIPE_NEEDS)
     for key in data:
         if key not in _RECIPE_KEYS:
-            raise UserError(f"{path}: unknown key '{key}'", hint=f"known keys: {', '.join(sorted(_RECIPE_KEYS))}")
+            raise UserError(f"{shown(path)}: unknown key '{key}'",
+                            hint=f"known keys: {', '.join(sorted(_RECIPE_KEYS))}")
     if data.get("tool", "mmdebstrap") != "mmdebstrap":
-        raise UserError(f"{path}: tool '{data['tool']}' is not supported", hint="use tool: mmdebstrap")
+        raise UserError(f"{shown(path)}: tool {data['tool']!r} is not supported", hint="use tool: mmdebstrap")
     for key in ("image", "suite"):
         if key not in data:
-            raise UserError(f"{path}: '{key}' is required")
+            raise UserError(f"{shown(path)}: '{key}' is required", hint=_RECIPE_NEEDS)
+    suite, mirror = _recipe_value(path, data, "suite", ""), _recipe_value(path, data, "mirror", DEFAULT_MIRROR)
+    for key, value in (("suite", suite), ("mirror", mirror)):
+        if not value or value.startswith("-"):
+            raise UserError(f"{shown(path)}: {key}: {value!r} is not valid",
+                            hint="e.g. suite: bookworm, mirror: http://deb.debian.org/debian")
     return BootstrapRecipe(
-        name=recipe_dir.name, image=str(data["image"]), suite=str(data["suite"]),
-        mirror=str(data.get("mirror", "http://deb.debian.org/debian")), variant=str(data.get("variant", "minbase")),
-        components=tuple(data.get("components", ["main"])), include=tuple(data.get("include", [])),
-        setup_hooks=tuple(data.get("setup_hooks", [])), changes=tuple(data.get("changes", [])),
+        name=recipe_dir.name, image=check_ref(_recipe_value(path, data, "image", ""), where=f"{shown(path)}: image:"),
+        suite=suite, mirror=mirror, variant=_recipe_value(path, data, "variant", "minbase"),
+        components=_recipe_value(path, data, "components", ("main",)),
+        include=_recipe_value(path, data, "include", ()), setup_hooks=_recipe_value(path, data, "setup_hooks", ()),
+        changes=_recipe_value(path, data, "changes", ()),
     )
+
+
+def _recipe_value(path: Path, data: dict[str, Any], key: str, default: Any) -> Any:
+    """data[key] (or default) when it is of default's kind: a string, or a list of strings (as a tuple)."""
+    value = data.get(key, default)
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        kind = "a string"
+    else:
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        kind = "a list of strings"
+    raise UserError(f"{shown(path)}: '{key}' must be {kind}, not {value!r}",
+                    hint="quote values YAML reads as something else ('yes', '12'); see Containerfiles/README.md")
 
 
 def bootstrap(recipe_dir: Path, engine: Engine, *, workdir: Path, expected_ref: str | None = None) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -235,7 +237,32 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
             sys.exit(1)
-        raise
+        _report_unexpected(exc)
+        sys.exit(1)
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some space there, or choose another place (-o, --workdir)",
+    errno.EACCES: "check the permissions of that path, or choose another place (-o, --workdir)",
+    errno.EPERM: "check the permissions of that path, or choose another place (-o, --workdir)",
+    errno.EROFS: "that file system is read-only; choose another place (-o, --workdir)",
+    errno.ENOENT: "check that the path exists",
+}
+
+
+def _report_unexpected(exc: Exception) -> None:
+    """An OSError is about a path or the system (no space, no permission); anything else is a bug. Either
+    way one line says what happened; the traceback, which helps a bug report, is for --verbose."""
+    if log.is_verbose():
+        traceback.print_exception(exc)
+    if isinstance(exc, OSError):
+        paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        text = (exc.strerror or str(exc) or type(exc).__name__) + (f": {paths}" if paths else "")
+        hint = _OS_HINTS.get(exc.errno or 0, "rerun with --verbose for the traceback")
+    else:
+        text = f"internal error: {type(exc).__name__}: {exc}"
+        hint = "rerun with --verbose for the traceback and report it"
+    _report(OpenOSError(" ".join(text.split()), hint=hint))
 
 
 def _report(exc: OpenOSError) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import platform
-import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, log, tools
-from .artifacts import describe, sha256_of, write_checksum, write_manifest
+from . import __version__, dpkg, log, tools
+from .artifacts import describe, forget_manifest_entry, remove_abandoned, sha256_of, write_checksum, write_manifest
 from .errors import UserError
 from .exporters import EXPORTERS, ExportContext, Exporter
+from .imagetree import ImageTree
+from .rootfs import private_dir, remove_tree
 from .sources import Source, resolve
 
 
@@ -27,6 +30,7 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     outdir = outdir.resolve()
     if dry_run:
         return _dry_run(spec, exporter, outdir, overrides)
+    _check_output_dir(outdir)
     preview = _preview_options(spec, overrides)
     exporter.validate(preview)
     tools.require(exporter.required_tools(preview), purpose=f"--to {fmt}")
@@ -36,13 +40,16 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     options = source.defaults.merged(overrides)
     if options.ssh_key and not Path(options.ssh_key).is_file():
         raise UserError(f"--ssh-key {options.ssh_key}: no such file", hint="give the path of a public key (*.pub)")
-    scratch = outdir / f".openos365-work-{options.name or source.name}-{fmt}"
+    scratch_prefix = f".openos365-work-{options.name or source.name}-{fmt}-"
+    remove_abandoned(outdir, scratch_prefix)
+    scratch = private_dir(outdir / f"{scratch_prefix}{os.getpid()}")
     ctx = ExportContext(source=source, options=options, outdir=outdir, scratch=scratch)
+    forget_manifest_entry(outdir, f"{ctx.name}.{fmt}")
     try:
         with log.step(f"Exporting {spec} to {fmt}"):
             paths, details = exporter.export(ctx)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
     files = [p for p in paths if p.is_file()]
     for path in files:
         write_checksum(path)
@@ -50,6 +57,20 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     write_manifest(outdir, f"{ctx.name}.{fmt}", _manifest(source, fmt, options, files, details, versions))
     log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
     return paths
+
+
+def _check_output_dir(outdir: Path) -> None:
+    """Fail before any build work when -o is a file or a place nothing can be written (a probe, not the
+    permission bits: those do not stop root, and a read-only or pseudo file system stops everyone)."""
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"-o {outdir}: is a file, not a directory",
+                        hint="choose a directory for the artifacts (it is created when missing)")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=outdir).close()
+    except OSError as exc:
+        raise UserError(f"-o {outdir}: cannot write there ({exc.strerror or exc})",
+                        hint="choose a directory you may write to, e.g. -o out") from exc
 
 
 def _preview_options(spec: str, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -95,27 +116,7 @@ def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details
         "source_date_epoch": source.epoch,
         "options": opts,
         "files": {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in files},
-        "packages": installed_packages(source.tree) if source.tree else [],
+        "packages": dpkg.installed_packages(ImageTree(source.tree)) if source.tree else [],
         "tools": {"openos365": __version__, "python": platform.python_version(), **versions},
         **details,
     }
-
-
-def installed_packages(tree: Path) -> list[str]:
-    """name=version of the packages installed in a Debian-family tree (dpkg status); [] elsewhere."""
-    status = tree / "var/lib/dpkg/status"
-    if not status.is_file():
-        return []
-    packages, name, version, installed = [], "", "", False
-    for line in [*status.read_text(errors="replace").splitlines(), ""]:
-        if line.startswith("Package: "):
-            name = line[9:]
-        elif line.startswith("Version: "):
-            version = line[9:]
-        elif line.startswith("Status: "):
-            installed = line.endswith(" installed")
-        elif not line.strip():
-            if name and installed:
-                packages.append(f"{name}={version}")
-            name, version, installed = "", "", False
-    return sorted(packages)

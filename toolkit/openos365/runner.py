@@ -7,10 +7,12 @@ them, and raises CommandError naming the step. Nothing else in openos365 calls s
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,19 +115,30 @@ def succeeds(argv: Sequence[str | os.PathLike[str]]) -> bool:
 
 
 @contextmanager
-def stream_stdout(argv: Sequence[str | os.PathLike[str]], *, step: str | None = None,
-                  hint: str | None = None) -> Iterator[IO[bytes]]:
-    """Start argv and yield its stdout as a binary stream (e.g. `podman export` piped into a tar reader).
-
-    The process is waited for on exit; a non-zero status raises CommandError with its stderr tail.
-    """
+def pipe_through(argv: Sequence[str | os.PathLike[str]], source: IO[bytes], *, step: str | None = None,
+                 hint: str | None = None) -> Iterator[IO[bytes]]:
+    """Feed `source` to argv's stdin (from a thread) and yield its stdout: a filter such as `zstd -dc`
+    applied to a stream that is not a file. A non-zero exit raises CommandError with its stderr tail."""
     args = [os.fspath(a) for a in argv]
     log.command(shlex.join(args))
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError as exc:
         raise MissingToolError(f"'{args[0]}' is not installed", hint="run `openos365 doctor`") from exc
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
+        try:
+            shutil.copyfileobj(source, stdin, 1 << 20)
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
     failed = False
     try:
         yield proc.stdout
@@ -134,11 +147,11 @@ def stream_stdout(argv: Sequence[str | os.PathLike[str]], *, step: str | None = 
         proc.kill()
         raise
     finally:
-        # drain what is left so the producer can exit, then collect stderr
         if not failed:
             proc.stdout.read()
         err = proc.stderr.read().decode(errors="replace").splitlines()
         proc.wait()
+        feeder.join()
     if proc.returncode != 0:
         raise CommandError(args, proc.returncode, err[-TAIL_LINES:], step=step, hint=hint)
 

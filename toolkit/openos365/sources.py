@@ -15,7 +15,7 @@ from typing import Any
 
 from . import log
 from .build import build_layer_chain, source_date_epoch
-from .config import ExportOptions, LayerConfig
+from .config import ExportOptions, LayerConfig, artifact_name_from
 from .engine import Engine, detect
 from .errors import UserError
 from .layers import is_layer_dir
@@ -41,7 +41,7 @@ class Source:
 
 def name_from_ref(ref: str) -> str:
     last = ref.rstrip("/").split("/")[-1]
-    return last.split("@")[0].split(":")[0] or "image"
+    return artifact_name_from(last.split("@")[0].split(":")[0] or "image")
 
 
 def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bool = True,

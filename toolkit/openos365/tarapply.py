@@ -1,13 +1,14 @@
 """Apply an image layer tar to a root tree, the way a container engine does, and safely.
 
-- whiteouts (`.wh.NAME`) and opaque directories (`.wh..wh..opq`) are applied;
+- whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`) follow the OCI image-layer spec: they hide
+  entries of lower layers only, wherever they stand in the layer (before or after the layer's own entries);
 - ownership (numeric), modes incl. setuid/setgid/sticky, hard links, symlinks, device nodes, fifos,
-  xattrs (SCHILY.xattr.*: file capabilities, ACLs, SELinux labels) and mtimes are kept;
-- nothing is ever written outside the root: member names that are absolute or contain `..`, writes
-  through a symlink that leaves the tree, and hard links to outside are refused (HostileLayerError).
-
-Symlinks are resolved the way a container sees them (chroot semantics): an absolute target such as
-`/run` in `var/run -> /run` means `<root>/run`.
+  xattrs (SCHILY.xattr.*: file capabilities, ACLs, SELinux labels) and mtimes are kept; sparse members stay
+  sparse;
+- nothing is ever written outside the root: every path is resolved inside it by imagetree (symlinks as the
+  container sees them, fds opened O_NOFOLLOW); member names that are absolute or contain `..`, and hard links
+  to what is not in the tree, are refused (HostileLayerError);
+- a layer may expand to at most `limit` bytes of file data, checked before each file is written.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ import os
 import shutil
 import stat
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO
 
 from .errors import UserError
+from .imagetree import ImageTree, TreeError, is_root, split
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-_MAX_SYMLINKS = 40
+_RDIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class HostileLayerError(UserError):
-    """A layer tar tried to write outside the root tree."""
+    """A layer tar tried to write outside the root tree, or to expand beyond its limit."""
 
 
 @dataclass
@@ -37,70 +39,29 @@ class ApplyStats:
     bytes: int = 0
     skipped_devices: int = 0
     skipped_xattrs: int = 0
-    dirs: list[tuple[str, int, float]] = field(default_factory=list)   # (path, mode, mtime), set last
 
 
 def _clean_name(name: str, source: str) -> str:
     """Normalise a member name to a relative path; refuse absolute names and `..` components."""
-    raw = name
-    while name.startswith("./"):
-        name = name[2:]
     if name.startswith("/"):
-        raise HostileLayerError(f"{source}: member '{raw}' has an absolute path",
+        raise HostileLayerError(f"{source}: member '{name}' has an absolute path",
                                 hint="this image was not made by a container engine; rebuild it")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = split(name)
     if ".." in parts:
-        raise HostileLayerError(f"{source}: member '{raw}' climbs out of the root with '..'",
+        raise HostileLayerError(f"{source}: member '{name}' climbs out of the root with '..'",
                                 hint="this image is refused; rebuild it with a container engine")
     return "/".join(parts)
 
 
-def resolve_in_root(root: str, rel: str, source: str = "layer", *, follow_last: bool = False) -> str:
-    """Host path of `rel` inside root, following symlinks of every component but the last one
-    (and the last one too with follow_last).
-
-    Absolute symlink targets are taken relative to root. A relative target that climbs above the root
-    is a symlink escape: refused.
-    """
-    todo = [p for p in rel.split("/") if p] if rel else []
-    if not todo:
-        return root
-    last = None if follow_last else todo.pop()
-    resolved: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not resolved:
-                raise HostileLayerError(f"{source}: path '{rel}' goes through a symlink that leaves the "
-                                        "root tree", hint="this image is refused; fix the symlink")
-            resolved.pop()
-            continue
-        host = os.path.join(root, *resolved, part)
-        if os.path.islink(host):
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                raise HostileLayerError(f"{source}: too many symlinks resolving '{rel}'")
-            target = os.readlink(host)
-            if target.startswith("/"):
-                resolved = []
-            todo = [p for p in target.split("/") if p] + todo
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved, *([last] if last else []))
+def _lstat_at(fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
+def _proc(fd: int, name: str = "") -> str:
+    return f"/proc/self/fd/{fd}" + (f"/{name}" if name else "")
 
 
 class LayerApplier:
@@ -108,137 +69,244 @@ class LayerApplier:
 
     def __init__(self, root: str, *, clamp_mtime: int | None = None):
         self.root = os.path.abspath(root)
+        self.tree = ImageTree(self.root, "layer")
         self.clamp = clamp_mtime
         self.stats = ApplyStats()
-        os.makedirs(self.root, exist_ok=True)
+        self.dir_meta: dict[str, tuple[int, int]] = {}    # canonical path -> (mode, mtime), applied last
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
 
-    def apply(self, fileobj: IO[bytes], source: str) -> None:
-        """Apply one layer, streamed (gzip/zstd-less tar or gzip tar; no seeking needed)."""
+    def apply(self, fileobj: IO[bytes], source: str, *, limit: int | None = None) -> None:
+        """Apply one uncompressed layer tar, streamed; refuse it once its files exceed `limit` bytes."""
         created: set[str] = set()
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-            for member in tar:
-                self._apply_member(tar, member, source, created)
+        budget = [limit if limit is not None else -1]
+        try:
+            with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+                for member in tar:
+                    self._apply_member(tar, member, source, created, budget)
+        except tarfile.TarError as exc:
+            raise UserError(f"{source}: not a readable layer tar ({exc})",
+                            hint="the archive is damaged or truncated; save or pull the image again") from exc
 
     def finish(self) -> ApplyStats:
         """Directory modes and times last: entries created inside change a directory's mtime, and a
-        read-only directory (Fedora's 0555 /usr/bin) must stay writable until its entries are in."""
-        done: set[str] = set()
-        for path, mode, mtime in reversed(self.stats.dirs):  # children first; a later layer's entry wins
-            if path in done:
+        read-only directory (Fedora's 0555 /usr/bin) must stay writable until its entries are in.
+        Each directory is reopened from the root without following any symlink: a directory that a later
+        layer replaced (by a symlink to anywhere) is skipped, never chmodded through."""
+        for rel in sorted(self.dir_meta, key=lambda r: r.count("/"), reverse=True):
+            mode, mtime = self.dir_meta[rel]
+            fd = self._open_dir_strict(rel)
+            if fd is None:
                 continue
-            done.add(path)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, mode)
-                os.utime(path, (mtime, mtime), follow_symlinks=False)
-        self.stats.dirs.clear()
+            try:
+                os.fchmod(fd, mode)
+                os.utime(fd, (mtime, mtime))
+            finally:
+                os.close(fd)
+        self.dir_meta.clear()
         os.chmod(self.root, 0o755)
         return self.stats
 
-    def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, source: str,
-                      created: set[str]) -> None:
+    def _open_dir_strict(self, rel: str) -> int | None:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for part in split(rel):
+            try:
+                sub = os.open(part, _RDIR, dir_fd=fd)
+            except OSError:
+                sub = None
+            os.close(fd)
+            if sub is None:
+                return None
+            fd = sub
+        return fd
+
+    # --- members ----------------------------------------------------------------------------------------
+
+    def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, source: str, created: set[str],
+                      budget: list[int]) -> None:
         rel = _clean_name(member.name, source)
         if not rel:  # the root entry itself
             return
         parent_rel, _, base = rel.rpartition("/")
         if base == OPAQUE:
-            self._opaque(resolve_in_root(self.root, parent_rel, source, follow_last=True), rel, created)
+            self._hide_lower(self.tree.resolve(parent_rel, follow=True), created)
             return
         if base.startswith(WHITEOUT):
             hidden = base[len(WHITEOUT):]
             if hidden in ("", ".", ".."):
                 raise HostileLayerError(f"{source}: whiteout '{member.name}' names no entry of its directory",
                                         hint="this image is refused; rebuild it with a container engine")
-            target = resolve_in_root(self.root, f"{parent_rel}/{hidden}", source)
-            _remove(target)
+            self._whiteout(f"{parent_rel}/{hidden}", created)
             return
-        dest = resolve_in_root(self.root, rel, source)
-        # parents missing from the tar are created as an engine does (0755, root); the resolved path has
-        # no symlinks in it, so this cannot leave the root
-        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
-        self._create(tar, member, dest, rel, source)
-        created.add(rel)
+        if member.isreg():
+            self._charge(member, source, budget)
+        try:
+            with self.tree.at(rel, create=True) as (fd, name, canonical):
+                assert name is not None
+                self._create(tar, member, fd, name, canonical, source)
+        except TreeError as exc:
+            raise HostileLayerError(f"{source}: member '{member.name}': {exc.message}",
+                                    hint="this image is refused; rebuild it with a container engine") from exc
+        created.add(canonical)
         self.stats.entries += 1
 
-    def _opaque(self, directory: str, rel: str, created: set[str]) -> None:
-        prefix = rel.rpartition("/")[0]
-        if not os.path.isdir(directory):
+    def _charge(self, member: tarfile.TarInfo, source: str, budget: list[int]) -> None:
+        size = sum(length for _, length in member.sparse) if member.sparse else member.size
+        self.stats.bytes += size
+        if budget[0] < 0:
             return
-        for name in os.listdir(directory):
-            if f"{prefix}/{name}".lstrip("/") not in created:
-                _remove(os.path.join(directory, name))
+        budget[0] -= size
+        if budget[0] < 0:
+            raise HostileLayerError(f"{source}: the layer expands beyond its limit at '{member.name}'",
+                                    hint="a layer may expand to 4x its compressed size + 64 GiB; if this image "
+                                    "is genuine, raise OPENOS365_LAYER_LIMIT (e.g. 200G)")
 
-    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, rel: str, source: str) -> None:
-        exists = os.path.lexists(dest)
+    def _whiteout(self, rel: str, created: set[str]) -> None:
+        """Hide rel of the lower layers. This layer's own rel (created before the marker) stays; a
+        directory of this layer merged over a lower one loses the lower entries."""
+        canonical = self.tree.resolve(rel)
+        if canonical not in created:
+            self._remove(canonical)
+        elif self.tree.is_dir(canonical) and not self.tree.is_symlink(canonical):
+            self._hide_lower(canonical, created)
+
+    def _hide_lower(self, directory: str, created: set[str]) -> None:
+        """Remove everything below directory that this layer did not create (at any depth)."""
+        for name in self.tree.listdir(directory):
+            child = f"{directory}/{name}" if directory else name
+            if child not in created:
+                self._remove(child)
+            elif self.tree.is_dir(child) and not self.tree.is_symlink(child):
+                self._hide_lower(child, created)
+
+    def _remove(self, canonical: str) -> None:
+        if self.tree.remove(canonical):
+            self._forget(canonical)
+
+    def _forget(self, canonical: str) -> None:
+        prefix = canonical + "/"
+        for rel in [r for r in self.dir_meta if r == canonical or r.startswith(prefix)]:
+            del self.dir_meta[rel]
+
+    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int, name: str, canonical: str,
+                source: str) -> None:
+        existing = _lstat_at(fd, name)
         if member.isdir():
-            if exists and not (os.path.isdir(dest) and not os.path.islink(dest)):
-                os.unlink(dest)
-                exists = False
-            if not exists:
-                os.mkdir(dest, 0o700)
-        else:
-            if exists:
-                _remove(dest)
-            if member.isreg():
-                self._write_file(tar, member, dest)
-            elif member.issym():
-                os.symlink(member.linkname, dest)
-            elif member.islnk():
-                self._hardlink(member, dest, source)
-                return  # a hard link shares the target's inode: its metadata is already there
-            elif member.ischr() or member.isblk() or member.isfifo():
-                if not self._mknod(member, dest):
-                    return
-            else:
-                return  # unknown types (e.g. GNU sparse markers handled by tarfile) are ignored
-        self._metadata(member, dest)
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                os.unlink(name, dir_fd=fd)
+                existing = None
+            if existing is None:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            dir_fd = os.open(name, _RDIR, dir_fd=fd)
+            try:
+                self._owner_and_xattrs(member, dir_fd)
+            finally:
+                os.close(dir_fd)
+            self.dir_meta[canonical] = (member.mode & 0o7777, self._mtime(member))
+            return
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            shutil.rmtree(name, dir_fd=fd)   # fd-based: never follows a symlink
+            self._forget(canonical)
+        elif existing is not None:
+            os.unlink(name, dir_fd=fd)
+        if member.isreg():
+            self._write_file(tar, member, fd, name)
+        elif member.issym():
+            os.symlink(member.linkname, name, dir_fd=fd)
+            self._symlink_metadata(member, fd, name)
+        elif member.islnk():
+            self._hardlink(member, fd, name, source)
+        elif member.ischr() or member.isblk() or member.isfifo():
+            self._mknod(member, fd, name)
+        # other types (GNU long-name and sparse headers are handled by tarfile itself) are ignored
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
-        src = tar.extractfile(member)
-        assert src is not None
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        self.stats.bytes += member.size
+    def _mtime(self, member: tarfile.TarInfo) -> int:
+        return int(member.mtime if self.clamp is None else min(member.mtime, self.clamp))
 
-    def _hardlink(self, member: tarfile.TarInfo, dest: str, source: str) -> None:
+    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int, name: str) -> None:
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb", closefd=False) as fh:
+                if member.sparse:
+                    # The stored data segments follow each other in the archive. A streamed tarfile cannot
+                    # seek its member reader (which would expand the holes anyway), so they are read from
+                    # the archive stream itself; tarfile then skips forward to the next header as usual.
+                    stream = tar.fileobj
+                    assert stream is not None
+                    stream.seek(member.offset_data)
+                    for offset, length in member.sparse:
+                        fh.seek(offset)
+                        _copy(stream, fh, length)
+                    fh.truncate(member.size)
+                else:
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    _copy(src, fh, member.size)
+            self._owner_and_xattrs(member, out)
+            os.fchmod(out, member.mode & 0o7777)  # after chown: chown clears setuid bits
+            os.utime(out, (self._mtime(member),) * 2)
+        finally:
+            os.close(out)
+
+    def _hardlink(self, member: tarfile.TarInfo, fd: int, name: str, source: str) -> None:
         target_rel = _clean_name(member.linkname, source)
-        target = resolve_in_root(self.root, target_rel, source)
-        if not os.path.lexists(target):
+        try:
+            with self.tree.at(target_rel) as (target_fd, target_name, _):
+                target = _lstat_at(target_fd, target_name) if target_name else None
+                if target is None:
+                    raise FileNotFoundError(target_rel)
+                if stat.S_ISDIR(target.st_mode):
+                    raise HostileLayerError(f"{source}: hard link '{member.name}' points at a directory")
+                os.link(target_name, name, src_dir_fd=target_fd, dst_dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError, TreeError) as exc:
             raise HostileLayerError(f"{source}: hard link '{member.name}' points at '{member.linkname}', "
-                                    "which is not in the tree", hint="this image is refused")
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise HostileLayerError(f"{source}: hard link '{member.name}' points at a directory")
-        os.link(target, dest, follow_symlinks=False)
+                                    "which is not in the tree", hint="this image is refused") from exc
+        # a hard link shares the target's inode: its metadata is already there
 
-    def _mknod(self, member: tarfile.TarInfo, dest: str) -> bool:
+    def _mknod(self, member: tarfile.TarInfo, fd: int, name: str) -> None:
         kind = stat.S_IFIFO if member.isfifo() else stat.S_IFCHR if member.ischr() else stat.S_IFBLK
         try:
-            os.mknod(dest, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+            os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=fd)
         except PermissionError:
             self.stats.skipped_devices += 1
-            return False
-        return True
-
-    def _metadata(self, member: tarfile.TarInfo, dest: str) -> None:
-        if _is_root():
-            os.lchown(dest, member.uid, member.gid)
-        for key, value in member.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                self._setxattr(dest, key[len("SCHILY.xattr."):], value)
-        mtime = member.mtime if self.clamp is None else min(member.mtime, self.clamp)
-        if member.isdir():
-            self.stats.dirs.append((dest, member.mode & 0o7777, mtime))
             return
-        if not member.issym():
-            os.chmod(dest, member.mode & 0o7777)  # after chown: chown clears setuid bits
-        os.utime(dest, (mtime, mtime), follow_symlinks=False)
+        node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:   # an O_PATH fd, reached through /proc: the node is never opened (no device driver runs)
+            if is_root():
+                os.chown(_proc(node), member.uid, member.gid)
+            self._xattrs(member, _proc(node), follow=True)
+            os.chmod(_proc(node), member.mode & 0o7777)
+            os.utime(_proc(node), (self._mtime(member),) * 2)
+        finally:
+            os.close(node)
 
-    def _setxattr(self, dest: str, name: str, value: str) -> None:
-        data = value.encode("utf-8", "surrogateescape")
-        try:
-            os.setxattr(dest, name, data, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+    def _symlink_metadata(self, member: tarfile.TarInfo, fd: int, name: str) -> None:
+        if is_root():
+            os.chown(name, member.uid, member.gid, dir_fd=fd, follow_symlinks=False)
+        self._xattrs(member, _proc(fd, name), follow=False)
+        os.utime(name, (self._mtime(member),) * 2, dir_fd=fd, follow_symlinks=False)
+
+    def _owner_and_xattrs(self, member: tarfile.TarInfo, fd: int) -> None:
+        if is_root():
+            os.fchown(fd, member.uid, member.gid)
+        self._xattrs(member, fd, follow=True)
+
+    def _xattrs(self, member: tarfile.TarInfo, target: int | str, *, follow: bool) -> None:
+        for key, value in member.pax_headers.items():
+            if not key.startswith("SCHILY.xattr."):
+                continue
+            data = value.encode("utf-8", "surrogateescape")
+            try:
+                os.setxattr(target, key[len("SCHILY.xattr."):], data, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
                 self.stats.skipped_xattrs += 1
-            else:
-                raise
+
+
+def _copy(src: IO[bytes], dest: IO[bytes], length: int) -> None:
+    while length > 0:
+        chunk = src.read(min(length, 1 << 20))
+        if not chunk:
+            raise tarfile.ReadError("unexpected end of data")
+        dest.write(chunk)
+        length -= len(chunk)

@@ -6,13 +6,13 @@ import os
 
 from ..errors import MissingToolError, UserError
 from ..runner import which
-from .base import BuildRequest, Engine, ImageInfo
+from .base import BuildRequest, Engine, ImageInfo, check_ref
 from .docker import Docker
 from .podman import Buildah, Podman
 
 ENGINES: dict[str, type[Engine]] = {"podman": Podman, "buildah": Buildah, "docker": Docker}
 
-__all__ = ["ENGINES", "BuildRequest", "Engine", "ImageInfo", "detect"]
+__all__ = ["ENGINES", "BuildRequest", "Engine", "ImageInfo", "check_ref", "detect"]
 
 
 def detect(name: str | None = None) -> Engine:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import CommandError, OpenOSError, UserError
+from .. import log
+from ..errors import CommandError, OpenOSError, UserError, shown
 from ..runner import run
 
 
@@ -34,6 +35,60 @@ class BuildRequest:
     cache_from: str | None = None     # a registry repository used as a shared layer cache
     cache_to: str | None = None
     no_cache: bool = False
+
+
+def check_ref(ref: str, *, where: str = "image reference") -> str:
+    """ref, when it cannot be read as an option of the engine's command line (or as nothing at all).
+
+    Engines get `--` before their positional arguments as well; this says what is wrong in the user's terms.
+    """
+    if not ref or ref.startswith("-") or any(c.isspace() or not c.isprintable() for c in ref):
+        problem = "is empty" if not ref else "starts with '-'" if ref.startswith("-") else "contains white space"
+        raise UserError(f"{where} {ref!r} {problem}",
+                        hint="an image reference is [HOST[:PORT]/]NAME[:TAG] or NAME@DIGEST, "
+                        "e.g. docker.io/library/debian:bookworm")
+    return ref
+
+
+# How a build names the step it runs: podman/buildah, docker's legacy builder, BuildKit (progress and
+# its error summary " > [2/3] RUN ...:"), each as "STEP n/m: INSTRUCTION".
+_STEP_PATTERNS = (
+    re.compile(r"^STEP (\d+)/(\d+): (.+)$"),
+    re.compile(r"^Step (\d+)/(\d+) : (.+)$"),
+    re.compile(r"^#\d+ \[(?:\S+ )?(\d+)/(\d+)\] (.+)$"),
+    re.compile(r"^ > \[(?:\S+ )?(\d+)/(\d+)\] (.+):$"),
+)
+# The failing instruction's own exit status, where the engine exits with another (docker: 1).
+_STATUS_RE = re.compile(r"(?:exit status|exit code:|returned a non-zero code:) (\d+)")
+BUILD_HINT = "fix the failing step in the Containerfile; the lines above are its last output (--verbose shows all)"
+
+
+class BuildWatch:
+    """Follows a build's output lines to say, when it fails, which Containerfile step failed and how."""
+
+    def __init__(self, on_line: Callable[[str], None] | None = None):
+        self.step: str | None = None
+        self.on_line = on_line
+
+    def __call__(self, line: str) -> None:
+        for pattern in _STEP_PATTERNS:
+            match = pattern.match(line)
+            if match:
+                step = f"STEP {match.group(1)}/{match.group(2)}: {match.group(3)}"
+                if step != self.step:
+                    self.step = step
+                    log.info(step[:120])
+                break
+        if self.on_line is not None:
+            self.on_line(line)
+
+    def error(self, exc: CommandError, containerfile: Path) -> CommandError:
+        """exc as a one-line error: the Containerfile, the step and the exit status, keeping its output."""
+        status = next((m.group(1) for m in map(_STATUS_RE.search, reversed(exc.tail)) if m), exc.returncode)
+        step = self.step or "the build"
+        step = step if len(step) <= 160 else step[:157] + "..."
+        return CommandError(exc.argv, exc.returncode, exc.tail, step=self.step, hint=BUILD_HINT,
+                            message=f"{shown(containerfile)}: {step} failed with exit status {status}")
 
 
 def parse_created(text: str) -> int:
@@ -96,6 +151,7 @@ class Engine(ABC):
     def mounted(self, ref: str) -> Iterator[Path | None]:
         """The image's root tree as the engine sees it, read-only, or None where this engine or user
         cannot mount images (then the tree comes from a saved archive instead)."""
+        check_ref(ref)
         yield None
 
     @abstractmethod
@@ -112,7 +168,7 @@ class Engine(ABC):
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...
 
     def require(self, ref: str) -> ImageInfo:
-        if not self.exists(ref):
+        if not self.exists(check_ref(ref)):
             raise UserError(f"image '{ref}' does not exist in {self.name}'s local store",
                             hint=f"build it (openos365 build layers/NAME) or pull it (openos365 pull {ref})")
         return self.inspect(ref)

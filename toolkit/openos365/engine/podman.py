@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,11 +11,12 @@ from pathlib import Path
 from .. import log
 from ..errors import CommandError, UserError
 from ..runner import run, succeeds
-from .base import BuildRequest, Engine, ImageInfo, parse_created, registry_error
+from .base import BuildRequest, BuildWatch, Engine, ImageInfo, check_ref, parse_created, registry_error
 
-_STEP_RE = re.compile(r"^(STEP \d+/\d+: .*)$")
 _REGISTRY_HINT = ("check that the registry is reachable and the name is right; for a registry without TLS "
                   "pass --no-tls-verify; log in with `podman login` (credentials stay in its auth file)")
+
+
 def _tls_flags(tls_verify: bool, authfile: str | None) -> list[str]:
     # No flag unless TLS is turned off: an explicit --tls-verify=true would override the engine's own
     # registries.conf (`insecure = true`), which is where a fleet configures its registries.
@@ -49,7 +49,8 @@ class Podman(Engine):
             return self._isolation_cache["value"]
         if probe_image is None:
             return "oci"
-        ok = succeeds([self.binary, "run", "--rm", "--network=none", "--pull=never", probe_image, "true"])
+        ok = succeeds([self.binary, "run", "--rm", "--network=none", "--pull=never", "--", check_ref(probe_image),
+                       "true"])
         value = "oci" if ok else "chroot"
         if not ok:
             log.note(f"{self.binary} cannot start containers here (cgroups/OCI runtime); "
@@ -72,38 +73,25 @@ class Podman(Engine):
             argv += [f"--cache-to={request.cache_to}"]
         if request.no_cache:
             argv.append("--no-cache")
-        argv.append(str(request.context))
+        argv += ["--", str(request.context)]
         return argv
 
     def build(self, request: BuildRequest, on_line: Callable[[str], None] | None = None) -> str:
-        probe = request.build_args.get("PARENT")
-        isolation = self.isolation(probe)
-        current = {"step": "FROM"}
-
-        def watch(line: str) -> None:
-            match = _STEP_RE.match(line)
-            if match:
-                current["step"] = match.group(1)
-                log.info(match.group(1)[:120])
-            if on_line is not None:
-                on_line(line)
-
+        isolation = self.isolation(request.build_args.get("PARENT"))
+        watch = BuildWatch(on_line)
         with tempfile.TemporaryDirectory(prefix="openos365-build-") as tmp:
             iidfile = os.path.join(tmp, "iid")
             try:
                 run(self._build_argv(request, iidfile, isolation), on_line=watch)
             except CommandError as exc:
-                raise CommandError(exc.argv, exc.returncode, exc.tail,
-                                   step=f"{request.containerfile}: {current['step']}",
-                                   hint="fix the failing step in the Containerfile; the lines above are its "
-                                   "last output (--verbose shows all)") from exc
+                raise watch.error(exc, request.containerfile) from exc
             return Path(iidfile).read_text().strip().removeprefix("sha256:")
 
     def exists(self, ref: str) -> bool:
-        return succeeds([self.binary, "image", "exists", ref])
+        return succeeds([self.binary, "image", "exists", "--", check_ref(ref)])
 
     def inspect(self, ref: str) -> ImageInfo:
-        data = self._json([self.binary, "image", "inspect", ref])[0]
+        data = self._json([self.binary, "image", "inspect", "--", check_ref(ref)])[0]
         return ImageInfo(
             id=data["Id"].removeprefix("sha256:"),
             names=tuple(data.get("RepoTags") or data.get("Names") or ()),
@@ -113,17 +101,18 @@ class Podman(Engine):
         )
 
     def tag(self, ref: str, target: str) -> None:
-        run([self.binary, "tag", ref, target], capture=True)
+        run([self.binary, "tag", "--", check_ref(ref), check_ref(target)], capture=True)
 
     @contextmanager
     def mounted(self, ref: str) -> Iterator[Path | None]:
         """`podman image mount` (root only: rootless needs `podman unshare`). Unlike `podman export`,
         which drops POSIX ACLs, the mount shows every xattr the layers carry."""
+        check_ref(ref)
         if os.geteuid() != 0:
             yield None
             return
         try:
-            path = run([self.binary, "image", "mount", ref], capture=True).stdout.strip()
+            path = run([self.binary, "image", "mount", "--", ref], capture=True).stdout.strip()
         except CommandError:
             log.note(f"cannot mount {ref}; flattening from a saved archive instead")
             yield None
@@ -131,33 +120,34 @@ class Podman(Engine):
         try:
             yield Path(path)
         finally:
-            run([self.binary, "image", "unmount", ref], capture=True, check=False)
+            run([self.binary, "image", "unmount", "--", ref], capture=True, check=False)
 
     def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
-        source = ref
+        source = check_ref(ref)
         if name and name != ref:
             self.tag(ref, name)
             source = name
-        run([self.binary, "save", "--format", fmt, "-o", str(path), source], capture=True,
+        run([self.binary, "save", "--format", fmt, "-o", str(path), "--", source], capture=True,
             step=f"save {fmt}")
 
     def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
         argv = [self.binary, "import"]
         for change in changes:
             argv += ["--change", change]
-        out = run([*argv, str(path), ref], capture=True, step=f"import {ref}").stdout
+        out = run([*argv, "--", str(path), check_ref(ref)], capture=True, step=f"import {ref}").stdout
         return out.strip().splitlines()[-1].removeprefix("sha256:")
 
     def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
         try:
-            run([self.binary, "pull", *_tls_flags(tls_verify, authfile), ref], step=f"pull {ref}",
+            run([self.binary, "pull", *_tls_flags(tls_verify, authfile), "--", check_ref(ref)], step=f"pull {ref}",
                 hint=_REGISTRY_HINT)
         except CommandError as exc:
             raise registry_error(exc, "pull", ref) from exc
 
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
         try:
-            run([self.binary, "push", *_tls_flags(tls_verify, authfile), ref, f"docker://{dest}"],
+            run([self.binary, "push", *_tls_flags(tls_verify, authfile), "--", check_ref(ref),
+                 f"docker://{check_ref(dest)}"],
                 step=f"push {dest}", hint=_REGISTRY_HINT)
         except CommandError as exc:
             raise registry_error(exc, "push to", dest) from exc
@@ -178,10 +168,10 @@ class Buildah(Podman):
         return "chroot"
 
     def exists(self, ref: str) -> bool:
-        return succeeds([self.binary, "inspect", "--type", "image", ref])
+        return succeeds([self.binary, "inspect", "--type", "image", "--", check_ref(ref)])
 
     def inspect(self, ref: str) -> ImageInfo:
-        data = self._json([self.binary, "inspect", "--type", "image", ref])
+        data = self._json([self.binary, "inspect", "--type", "image", "--", check_ref(ref)])
         oci = data.get("OCIv1") or {}
         return ImageInfo(
             id=data["FromImageID"].removeprefix("sha256:"),
@@ -192,17 +182,18 @@ class Buildah(Podman):
         )
 
     def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
-        dest = f"{fmt}:{path}" + (f":{name}" if name else "")
-        run([self.binary, "push", ref, dest], capture=True, step=f"save {fmt}")
+        dest = f"{fmt}:{path}" + (f":{check_ref(name)}" if name else "")
+        run([self.binary, "push", "--", check_ref(ref), dest], capture=True, step=f"save {fmt}")
 
     def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
+        check_ref(ref)
         cid = run([self.binary, "from", "scratch"], capture=True).stdout.strip()
         try:
-            run([self.binary, "add", cid, str(path), "/"], capture=True, step=f"import {ref}")
+            run([self.binary, "add", "--", cid, str(path), "/"], capture=True, step=f"import {ref}")
             for change in changes:
                 key, _, value = change.partition(" ")
-                run([self.binary, "config", f"--{key.lower()}", value, cid], capture=True)
-            return run([self.binary, "commit", "--rm", cid, ref], capture=True).stdout.strip()
+                run([self.binary, "config", f"--{key.lower()}={value}", "--", cid], capture=True)
+            return run([self.binary, "commit", "--rm", "--", cid, ref], capture=True).stdout.strip()
         except BaseException:
-            run([self.binary, "rm", cid], capture=True, check=False)
+            run([self.binary, "rm", "--", cid], capture=True, check=False)
             raise

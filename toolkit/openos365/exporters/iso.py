@@ -22,6 +22,7 @@ from ..artifacts import atomic_path
 from ..disk import grub
 from ..disk.filesystems import fat_copy, mkfs_vfat
 from ..errors import UserError
+from ..imagetree import ImageTree
 from ..rootfs import clamp_mtimes, copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
@@ -67,19 +68,12 @@ def live_kind(tree: Path) -> str:
 
 def os_family(tree: Path) -> str | None:
     """'debian' (live-boot) or 'dracut' (Fedora and friends) from os-release ID/ID_LIKE; None if unknown."""
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        path = tree / rel
-        if path.is_file():
-            words: set[str] = set()
-            for line in path.read_text(errors="replace").splitlines():
-                key, _, value = line.partition("=")
-                if key in ("ID", "ID_LIKE"):
-                    words.update(value.strip().strip('"').split())
-            if words & {"debian", "ubuntu"}:
-                return "debian"
-            if words & {"fedora", "rhel", "centos", "suse", "opensuse", "arch"}:
-                return "dracut"
-            return None
+    fields = boot.os_release(tree)
+    words = set(fields.get("ID", "").split()) | set(fields.get("ID_LIKE", "").split())
+    if words & {"debian", "ubuntu"}:
+        return "debian"
+    if words & {"fedora", "rhel", "centos", "suse", "opensuse", "arch"}:
+        return "dracut"
     return None
 
 
@@ -91,21 +85,20 @@ def squashfs_only(options: Any) -> None:
 
 # --- the root tree and its squashfs (shared with --to kis) ------------------------------------------------
 
-def prepare_tree(ctx: ExportContext) -> tuple[Path, dict[str, Any]]:
+def prepare_tree(ctx: ExportContext) -> tuple[ImageTree, dict[str, Any]]:
     """A private copy of the tree for a root that is not the partitioned disk (live ISO, KIS): no identity,
     the host name, no UUID fstab, no repart config (systemd-repart fails on a live root)."""
     options, epoch = ctx.options, ctx.source.epoch
-    tree = ctx.scratch_dir("tree")
-    copy_tree(ctx.source.tree, tree)
+    tree = ImageTree(ctx.scratch_dir("tree"), "the live tree")
+    copy_tree(ctx.source.tree, tree.root)
     boot.clear_identity(tree, epoch)
     boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
     boot.set_resolver(tree)
     user = boot.add_user(tree, options.user, options.ssh_key, epoch)
-    if (tree / "etc/repart.d").is_dir() and any((tree / "etc/repart.d").iterdir()):
-        log.note("dropping /etc/repart.d from this copy: there is no partition table to grow")
-        boot.remove(tree, "etc/repart.d/*")
-    boot.write_file(tree, "etc/fstab", LIVE_FSTAB, epoch=epoch)
-    clamp_mtimes(tree, epoch)
+    if tree.remove_matching("etc/repart.d/*"):
+        log.note("dropped /etc/repart.d from this copy: there is no partition table to grow")
+    tree.write("etc/fstab", LIVE_FSTAB, mtime=epoch)
+    clamp_mtimes(tree.root, epoch)
     return tree, user
 
 
@@ -152,23 +145,23 @@ def touch_all(path: Path, epoch: int) -> None:
     os.utime(path, (epoch, epoch))
 
 
-def stage_medium(ctx: ExportContext, tree: Path, kernel: boot.Kernel, kind: str, early: Path) -> Path:
+def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind: str, early: Path,
+                 grub_dirs: dict[str, Path]) -> Path:
     """The ISO's files: kernel and initrd where the live initrd looks, GRUB's config, modules, BIOS image."""
     stage = ctx.scratch_dir("stage")
     directory = stage / LIVE_LAYOUT[kind][0]
     directory.mkdir()
-    shutil.copyfile(tree / kernel.kernel, directory / "vmlinuz")
-    shutil.copyfile(tree / kernel.initrd, directory / "initrd.img")
+    tree.copy_out(str(kernel.kernel), directory / "vmlinuz")
+    tree.copy_out(str(kernel.initrd), directory / "initrd.img")
     grub_dir = stage / "boot/grub"
     grub_dir.mkdir(parents=True)
     options = ctx.options
     (grub_dir / "grub.cfg").write_text(grub_cfg(kind, options.label, ctx.name, options.kernel_cmdline))
-    for platform in ("i386-pc", "x86_64-efi"):  # for `insmod` in GRUB's shell; the images embed what boots
-        source = boot.grub_platform_dir(tree, platform)
+    for platform, source in grub_dirs.items():  # for `insmod` in GRUB's shell; the images embed what boots
         (grub_dir / platform).mkdir()
         for module in sorted([*source.glob("*.mod"), *source.glob("*.lst")]):
             shutil.copyfile(module, grub_dir / platform / module.name)
-    grub.mkimage(fmt="i386-pc-eltorito", module_dir=boot.grub_platform_dir(tree, "i386-pc"), early_cfg=early,
+    grub.mkimage(fmt="i386-pc-eltorito", module_dir=grub_dirs["i386-pc"], early_cfg=early,
                  output=grub_dir / "bios.img", modules=BIOS_MODULES)
     touch_all(stage, ctx.source.epoch)
     return stage
@@ -237,13 +230,14 @@ class IsoExporter(Exporter):
         kind = live_kind(ctx.source.tree)
         with log.step("Preparing the live root tree"):
             tree, user = prepare_tree(ctx)
-        squashfs = make_squashfs(tree, ctx.scratch / "root.squashfs", options.compression, epoch)
+        squashfs = make_squashfs(tree.root, ctx.scratch / "root.squashfs", options.compression, epoch)
         os.utime(squashfs, (epoch, epoch))
         with log.step("Writing the boot loaders"):
             work = ctx.scratch_dir("grub")
+            grub_dirs = {p: boot.grub_modules(tree, p, work) for p in ("i386-pc", "x86_64-efi")}
             early = grub.early_config(grub.search_by_label(options.label), work / "early.cfg")
-            stage = stage_medium(ctx, tree, kernel, kind, early)
-            efi = grub.mkimage(fmt="x86_64-efi", module_dir=boot.grub_platform_dir(tree, "x86_64-efi"),
+            stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs)
+            efi = grub.mkimage(fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"],
                                early_cfg=early, output=work / "BOOTX64.EFI", modules=EFI_MODULES)
             efiboot = make_efiboot(efi, work / "efiboot.img", epoch)
         directory, image_name = LIVE_LAYOUT[kind]
@@ -251,7 +245,7 @@ class IsoExporter(Exporter):
         with log.step("Writing the ISO (xorriso)"), atomic_path(final) as temp:
             argv = xorriso_argv(stage=stage, output=temp, squashfs=squashfs, squashfs_path=f"/{directory}/"
                                 f"{image_name}", efiboot=efiboot,
-                                mbr=boot.grub_platform_dir(tree, "i386-pc") / "boot_hybrid.img",
+                                mbr=grub_dirs["i386-pc"] / "boot_hybrid.img",
                                 label=options.label, publisher=options.publisher,
                                 application=f"{ctx.name} (openos365)", epoch=epoch)
             run(argv, step="xorriso", capture=True, env={"SOURCE_DATE_EPOCH": str(epoch)})

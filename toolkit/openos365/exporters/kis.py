@@ -15,7 +15,6 @@ comes last, so a set with an .append file is complete.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from .. import boot, log, tools
 from ..artifacts import atomic_path
 from ..disk.filesystems import mkfs_ext4
 from ..errors import UserError
+from ..imagetree import ImageTree
 from ..runner import run
 from .base import ExportContext, Exporter
 from .iso import make_squashfs, prepare_tree
@@ -113,7 +113,7 @@ def grub_netboot_cfg(name: str, cmdline: str, fetched: bool, rootfs: str) -> str
 
 # --- root images ---------------------------------------------------------------------------------------
 
-def ext4_size(tree: Path, requested: int | None) -> int:
+def ext4_size(tree: ImageTree, requested: int | None) -> int:
     """Content + 20 % + 256 MiB (room to write), or --size when it fits."""
     content, inodes = boot.tree_size(tree)
     needed = content + inodes * 256 + 64 * MIB
@@ -130,45 +130,41 @@ def erofs_argv(tree: Path, output: Path, compression: str | None, fs_uuid: str, 
     return ["mkfs.erofs", *EROFS_COMPRESSION[compression], "-T", str(epoch), "-U", fs_uuid, str(output), str(tree)]
 
 
-def make_root_image(ctx: ExportContext, tree: Path, output: Path, fs_uuid: str) -> None:
+def make_root_image(ctx: ExportContext, tree: ImageTree, output: Path, fs_uuid: str) -> None:
     options, epoch = ctx.options, ctx.source.epoch
     if options.rootfs == "squashfs":
-        make_squashfs(tree, output, options.compression, epoch)
+        make_squashfs(tree.root, output, options.compression, epoch)
     elif options.rootfs == "ext4":
         size = ext4_size(tree, options.size)
         with log.step(f"Making the ext4 root image ({log.human_size(size)}, sparse)"):
             with open(output, "wb") as fh:
                 fh.truncate(size)
-            mkfs_ext4(output, offset=0, size=size, tree=tree, uuid=fs_uuid, label="root", epoch=epoch)
+            mkfs_ext4(output, offset=0, size=size, tree=tree.root, uuid=fs_uuid, label="root", epoch=epoch)
     else:
         with log.step(f"Making the erofs root image ({options.compression or 'lz4hc'})"):
-            run(erofs_argv(tree, output, options.compression, fs_uuid, epoch), step="mkfs.erofs", capture=True,
+            run(erofs_argv(tree.root, output, options.compression, fs_uuid, epoch), step="mkfs.erofs", capture=True,
                 env={"SOURCE_DATE_EPOCH": str(epoch)})
     os.utime(output, (epoch, epoch))
 
 
-def check_erofs_module(tree: Path, version: str) -> None:
-    modules = tree / "usr/lib/modules" / version
-    if not modules.is_dir():
-        modules = tree / "lib/modules" / version
-    if not any(modules.glob("kernel/fs/erofs/erofs.ko*")) and "erofs" not in _builtin(modules):
+def check_erofs_module(root: Path, version: str) -> None:
+    tree = ImageTree(root)
+    modules = f"usr/lib/modules/{version}" if tree.is_dir(f"usr/lib/modules/{version}") else f"lib/modules/{version}"
+    builtin = tree.read_text(f"{modules}/modules.builtin")
+    if not tree.glob(f"{modules}/kernel/fs/erofs", "erofs.ko*") and "erofs" not in builtin:
         raise UserError(f"the image's kernel {version} has no erofs module",
                         hint="use --rootfs squashfs or ext4, or a kernel built with CONFIG_EROFS_FS")
     log.note("erofs: the module must be in the initrd (initramfs-tools: add `erofs` to "
              "/etc/initramfs-tools/modules; dracut: add_drivers+=\" erofs \"); layers/server has it")
 
 
-def _builtin(modules: Path) -> str:
-    path = modules / "modules.builtin"
-    return path.read_text(errors="replace") if path.is_file() else ""
-
-
 # --- the exporter -------------------------------------------------------------------------------------
 
-def _write(final: Path, epoch: int, *, text: str | None = None, copy_from: Path | None = None) -> Path:
+def _write(final: Path, epoch: int, *, text: str | None = None,
+           copy_from: tuple[ImageTree, Path] | None = None) -> Path:
     with atomic_path(final) as temp:
         if copy_from is not None:
-            shutil.copyfile(copy_from, temp)
+            copy_from[0].copy_out(str(copy_from[1]), temp)
         else:
             temp.write_text(text or "")
         os.chmod(temp, 0o644)
@@ -241,8 +237,8 @@ class KisExporter(Exporter):
         grub_line, _ = netboot_cmdline(ctx.name, options.rootfs, live, cmdline, "${kis_url}", options.kernel_cmdline)
         paths = [
             root,
-            _write(ctx.outdir / f"{ctx.name}.kernel", epoch, copy_from=tree / kernel.kernel),
-            _write(ctx.outdir / f"{ctx.name}.initrd", epoch, copy_from=tree / kernel.initrd),
+            _write(ctx.outdir / f"{ctx.name}.kernel", epoch, copy_from=(tree, kernel.kernel)),
+            _write(ctx.outdir / f"{ctx.name}.initrd", epoch, copy_from=(tree, kernel.initrd)),
             _write(ctx.outdir / f"{ctx.name}.ipxe", epoch,
                    text=ipxe_script(ctx.name, ipxe_line, fetched, options.rootfs)),
             _write(ctx.outdir / f"{ctx.name}.grub-netboot.cfg", epoch,

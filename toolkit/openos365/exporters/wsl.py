@@ -9,27 +9,25 @@ validator (microsoft/WSL distributions/validate-modern.py) checks:
 - in: /etc/wsl.conf (systemd as init, the default user), /etc/wsl-distribution.conf and the out-of-box
   script /usr/lib/wsl/oobe.sh that creates the default user with sudo rights on first start; the units
   the validator discourages are masked.
-Every path is resolved inside the tree (tarapply.resolve_in_root): an image's absolute symlink such as
-/var/run -> /run never leads outside it. The tar is tree.py's reproducible one, compressed by gzip -n or xz.
+Every access goes through imagetree: an image's absolute symlink such as /var/run -> /run never leads
+outside the tree. The tar is tree.py's reproducible one, compressed by gzip -n or xz.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
-import shutil
 import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import boot, log
+from .. import boot, dpkg, log
 from ..artifacts import atomic_path
 from ..errors import UserError
+from ..imagetree import ImageTree
 from ..rootfs import copy_tree
 from ..runner import run
-from ..tarapply import resolve_in_root
 from .base import ExportContext, Exporter
 from .tree import tar_argv
 
@@ -95,175 +93,102 @@ def strip_fstab(text: str) -> str:
     return "\n".join(kept).lstrip("\n") + "\n"
 
 
-def _stanzas(status: str) -> list[str]:
-    return [s.strip("\n") for s in re.split(r"\n[ \t]*\n", status) if s.strip()]
-
-
-def _field(stanza: str, name: str) -> str:
-    found = re.search(rf"^{name}: *(.*)$", stanza, re.MULTILINE)
-    return found.group(1).strip() if found else ""
-
-
 def packages_to_purge(status: str, pattern: re.Pattern[str] = PURGE) -> list[str]:
     """Installed packages (dpkg status) whose names match."""
-    return sorted(_field(s, "Package") for s in _stanzas(status)
-                  if pattern.match(_field(s, "Package")) and _field(s, "Status").endswith(" installed"))
-
-
-def status_without(status: str, names: list[str]) -> str:
-    kept = [s for s in _stanzas(status) if _field(s, "Package") not in names]
-    return "".join(f"{s}\n\n" for s in kept)
+    return dpkg.packages_matching(status, pattern)
 
 
 def is_elf64(head: bytes) -> bool:
     return head[:4] == b"\x7fELF" and head[4:5] == b"\x02"
 
 
-# --- operations on the private tree copy (paths resolved inside the tree) ---------------------------------
+# --- operations on the private tree copy (through imagetree) -----------------------------------------
 
-def inside(tree: Path, rel: str, *, follow_last: bool = False) -> Path:
-    return Path(resolve_in_root(str(tree), rel.strip("/"), "WSL tree", follow_last=follow_last))
-
-
-def expand(tree: Path, pattern: str) -> list[Path]:
-    """Existing paths in the tree matching pattern (fnmatch in any component), resolved inside the tree."""
-    rels = [""]
-    for part in pattern.strip("/").split("/"):
-        found: list[str] = []
-        for rel in rels:
-            if not any(ch in part for ch in "*?["):
-                found.append(f"{rel}/{part}")
-                continue
-            directory = inside(tree, rel, follow_last=True)
-            if directory.is_dir():
-                found += [f"{rel}/{n}" for n in sorted(os.listdir(directory)) if fnmatch.fnmatchcase(n, part)]
-        rels = found
-    paths = {inside(tree, rel) for rel in rels}
-    return sorted(p for p in paths if os.path.lexists(p))
-
-
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)   # never follows symlinks
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def write(tree: Path, rel: str, content: str, mode: int = 0o644) -> Path:
-    """Replace a file (never writing through what was there), root-owned."""
-    path = inside(tree, rel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove(path)
-    path.write_text(content)
-    os.chmod(path, mode)
-    if os.geteuid() == 0:
-        os.chown(path, 0, 0)
-    return path
-
-
-def remove_device_nodes(tree: Path) -> int:
+def remove_device_nodes(tree: ImageTree) -> int:
     count = 0
-    for dirpath, _dirs, filenames in os.walk(tree):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
+    for _rel, _dirs, names, dir_fd in tree.walk():
+        for name in names:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                os.unlink(path)
+                os.unlink(name, dir_fd=dir_fd)
                 count += 1
     return count
 
 
-def purge_packages(tree: Path) -> list[str]:
+def purge_packages(tree: ImageTree) -> list[str]:
     """Remove matching packages' files and dpkg entries, as `dpkg --purge` would but without running the
     image's maintainer scripts on the host."""
-    status_path = inside(tree, "var/lib/dpkg/status")
-    if not status_path.is_file():
-        return []
-    status = status_path.read_text()
+    status = dpkg.read_status(tree)
     names = packages_to_purge(status)
-    info = inside(tree, "var/lib/dpkg/info", follow_last=True)
-    infos = sorted(os.listdir(info)) if info.is_dir() else []
+    infos = tree.listdir("var/lib/dpkg/info")
     for name in names:
         own = [f for f in infos if f.rsplit(".", 1)[0].split(":")[0] == name]
-        listed = next((info / f for f in own if f.endswith(".list")), None)
-        entries = listed.read_text().splitlines() if listed else []
+        listed = next((f for f in own if f.endswith(".list")), None)
+        entries = tree.read_text(f"var/lib/dpkg/info/{listed}").splitlines() if listed else []
         for entry in sorted(entries, key=len, reverse=True):   # files first, then their (empty) dirs
-            path = inside(tree, entry)
-            if path.is_dir():   # a directory, or a symlink to one (/lib -> usr/lib): only removed if empty
-                if not path.is_symlink() and not os.listdir(path):
-                    os.rmdir(path)
-            elif os.path.lexists(path):
-                os.unlink(path)
+            if tree.is_dir(entry):   # a directory, or a symlink to one (/lib -> usr/lib): only removed if empty
+                if not tree.is_symlink(entry) and not tree.listdir(entry):
+                    tree.remove(entry)
+            else:
+                tree.remove(entry)
         for f in own:
-            os.unlink(info / f)
+            tree.remove(f"var/lib/dpkg/info/{f}")
     if names:
-        write(tree, "var/lib/dpkg/status", status_without(status, names))
+        tree.write(dpkg.STATUS, dpkg.status_without(status, names))
     return names
 
 
-def mask_units(tree: Path, units: tuple[str, ...] = MASK) -> None:
+def mask_units(tree: ImageTree, units: tuple[str, ...] = MASK) -> None:
     for unit in units:
-        for link in expand(tree, f"etc/systemd/system/*.wants/{unit}"):
-            remove(link)
-        path = inside(tree, f"etc/systemd/system/{unit}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove(path)
-        path.symlink_to("/dev/null")
+        tree.remove_matching(f"etc/systemd/system/*.wants/{unit}")
+        tree.symlink(f"etc/systemd/system/{unit}", "/dev/null")
 
 
-def elf_at(tree: Path, rel: str) -> bool:
-    path = inside(tree, rel, follow_last=True)
-    if not path.is_file():
-        return False
-    with open(path, "rb") as fh:
-        return is_elf64(fh.read(8))
+def elf_at(tree: ImageTree, rel: str) -> bool:
+    return is_elf64(tree.head(rel, 8))
 
 
-def check_tree(tree: Path) -> None:
+def check_tree(tree: ImageTree) -> None:
     """What WSL needs to start the distribution at all."""
     if not elf_at(tree, "bin/sh"):
         raise UserError("the image has no /bin/sh (or it is not a 64-bit ELF program): WSL cannot start it",
                         hint="base the image on a distribution userland (e.g. layers/base)")
-    passwd = inside(tree, "etc/passwd")
-    users = [line.split(":") for line in passwd.read_text().splitlines()] if passwd.is_file() else []
+    users = [line.split(":") for line in tree.read_text("etc/passwd").splitlines()]
     if not any(len(f) == 7 and f[0] == "root" and f[2] == "0" for f in users):
         raise UserError("the image's /etc/passwd has no root user with uid 0", hint="WSL needs one; fix the image")
     if not elf_at(tree, "bin/bash"):
         log.warn("the image has no /bin/bash: WSL's validator expects one")
 
 
-def add_default_user(tree: Path, user: str, ssh_key: str | None, epoch: int) -> int:
+def add_default_user(tree: ImageTree, user: str, ssh_key: str | None, epoch: int) -> int:
     """Create --user in the image (locked password, sudo without one): WSL logs in as that user."""
     for rel in ("etc", "home", "etc/sudoers.d"):
-        if (tree / rel).is_symlink():
+        if tree.is_symlink(rel):
             raise UserError(f"the image's /{rel} is a symlink: cannot add --user {user} safely",
                             hint="make it a directory in the image, or leave --user out (the OOBE creates one)")
     return int(boot.add_user(tree, user, ssh_key, epoch)["uid"])
 
 
-def prepare_tree(tree: Path, name: str, options: Any, epoch: int) -> dict[str, Any]:
+def prepare_tree(root: Path | ImageTree, name: str, options: Any, epoch: int) -> dict[str, Any]:
     """Turn a private copy of an image's tree into a WSL distribution; returns what was done."""
+    tree = boot.as_tree(root)
     check_tree(tree)
     purged = purge_packages(tree)
-    for pattern in STRIP:
-        for path in expand(tree, pattern):
-            remove(path)
+    tree.remove_matching(*STRIP)
     devices = remove_device_nodes(tree)
-    fstab = inside(tree, "etc/fstab")
-    if fstab.is_file() and not fstab.is_symlink():
-        write(tree, "etc/fstab", strip_fstab(fstab.read_text()))
-    write(tree, "etc/machine-id", "", 0o444)
-    dbus_id = inside(tree, "var/lib/dbus/machine-id")
-    if not dbus_id.is_symlink():   # Debian links it to /etc/machine-id; a copy would be an identity
-        remove(dbus_id)
+    if tree.is_file("etc/fstab") and not tree.is_symlink("etc/fstab"):
+        tree.write("etc/fstab", strip_fstab(tree.read_text("etc/fstab")))
+    tree.write("etc/machine-id", "", 0o444)
+    if not tree.is_symlink("var/lib/dbus/machine-id"):   # Debian links it to /etc/machine-id; a copy is an identity
+        tree.remove("var/lib/dbus/machine-id")
     mask_units(tree)
     systemd = elf_at(tree, "sbin/init")
     if not systemd:
         log.warn("/sbin/init is not a program in this image: WSL starts it without systemd")
     uid = add_default_user(tree, options.user, options.ssh_key, epoch) if options.user else DEFAULT_UID
-    write(tree, "etc/wsl.conf", wsl_conf(systemd, options.user))
-    write(tree, "etc/wsl-distribution.conf", distribution_conf(name, uid))
-    write(tree, OOBE, oobe_script(options.user, uid), 0o755)
+    tree.write("etc/wsl.conf", wsl_conf(systemd, options.user))
+    tree.write("etc/wsl-distribution.conf", distribution_conf(name, uid))
+    tree.write(OOBE, oobe_script(options.user, uid), 0o755)
     return {"purged_packages": purged, "device_nodes_removed": devices, "masked_units": list(MASK),
             "systemd": systemd, "default_user": options.user, "default_uid": uid}
 
@@ -293,13 +218,11 @@ class WslExporter(Exporter):
         with log.step("Copying the root tree"):
             copy_tree(ctx.source.tree, tree)
         with log.step("Making it a WSL distribution"):
-            details = prepare_tree(tree, ctx.name, ctx.options, ctx.source.epoch)
+            details = prepare_tree(ImageTree(tree, "WSL tree"), ctx.name, ctx.options, ctx.source.epoch)
         final = self.output(ctx)
         program = compressor(ctx.options.compression)[0]
         with log.step(f"Writing {final.name}"), atomic_path(final) as temp:
             argv = tar_argv(tree, ctx.source.epoch, temp)
             run([*argv[:-1], f"--use-compress-program={program}", argv[-1]], step="tar", capture=True)
-        from ..export import installed_packages  # what the distribution has, not the source image
-
         return [final], {"wsl_format": ctx.options.wsl_format, "compression": program.split()[0],
-                         "packages": installed_packages(tree), **details}
+                         "packages": dpkg.installed_packages(ImageTree(tree)), **details}
