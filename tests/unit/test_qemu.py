@@ -10,6 +10,7 @@ failed=
 root_source=/dev/vda3
 root_fstype=ext4
 root_fs_size=3900000000
+root_part_size=4030000000
 disk_size=4100000000
 END
 """
@@ -30,6 +31,15 @@ def test_judge_good_and_bad():
     assert any("degraded" in p for p in problems) and any("systemd-repart" in p for p in problems)
     small = {**fields, "root_fs_size": "1700000000"}
     assert any("did not grow" in p for p in qemu.judge(small, grow=2 << 30))
+
+
+def test_growth_is_judged_by_partition_and_filesystem():
+    """A 2.6 GiB disk grown by 1 GiB: partition to the end, ext4 96 % of it (df) is a good growth."""
+    disk = 2_754_609_152
+    grown = {"disk_size": str(disk), "root_part_size": str(disk - 67 * 2**20), "root_fs_size": "2577000000"}
+    assert qemu.growth_problems(grown) == []
+    assert "partition" in qemu.growth_problems({**grown, "root_part_size": "1500000000"})[0]
+    assert "with the partition" in qemu.growth_problems({**grown, "root_fs_size": "1400000000"})[0]
 
 
 def test_kis_files_need_every_piece(tmp_path):

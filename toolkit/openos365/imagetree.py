@@ -161,6 +161,22 @@ class ImageTree:
         finally:
             walk.close()
 
+    def open_dir(self, rel: str, *, create: bool = False) -> tuple[int, str]:
+        """An O_PATH fd of the directory rel resolves to (made, with its parents, when missing and create),
+        and its canonical path. The caller closes the fd."""
+        with self.at(rel, follow=True, create=create) as (fd, name, canonical):
+            if name is None:
+                return os.open(".", _DIR, dir_fd=fd), canonical
+            try:
+                return os.open(name, _DIR, dir_fd=fd), canonical
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(name, 0o755, dir_fd=fd)
+                return os.open(name, _DIR, dir_fd=fd), canonical
+            except NotADirectoryError:
+                raise TreeError(f"{self.label}: '{rel}' is not a directory", hint="fix the path in the image") from None
+
     def resolve(self, rel: str, *, follow: bool = False) -> str:
         """rel as a path without symlinks in it (the last component too with follow), '' for the root."""
         try:

@@ -83,11 +83,23 @@ def judge(fields: dict[str, str], grow: int | None) -> list[str]:
     if fields.get("failed"):
         problems.append(f"failed units: {fields['failed']}")
     if grow:
-        size, disk = int(fields.get("root_fs_size") or 0), int(fields.get("disk_size") or 0)
-        if disk == 0 or size < 0.95 * disk:
-            problems.append(f"root filesystem is {log.human_size(size)}, not within 5% of the "
-                            f"{log.human_size(disk)} disk: it did not grow")
+        problems += growth_problems(fields)
     return problems
+
+
+GROWN_PART_SLACK = 80 << 20   # what may stand before and after a grown root partition: ESP, BIOS boot, GPT
+
+
+def growth_problems(fields: dict[str, str]) -> list[str]:
+    """The root partition must reach the end of the disk, and its filesystem fill the partition (df's size
+    is the partition less ext4's metadata, about 4 %)."""
+    size, part, disk = (int(fields.get(key) or 0) for key in ("root_fs_size", "root_part_size", "disk_size"))
+    if disk == 0 or part < disk - GROWN_PART_SLACK:
+        return [f"root partition is {log.human_size(part)} on a {log.human_size(disk)} disk: it did not grow"]
+    if size < 0.9 * part:
+        return [f"root filesystem is {log.human_size(size)} in a {log.human_size(part)} partition: it did not "
+                "grow with the partition"]
+    return []
 
 
 # --- acceleration ----------------------------------------------------------------------------------

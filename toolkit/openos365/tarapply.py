@@ -73,6 +73,8 @@ class LayerApplier:
         self.clamp = clamp_mtime
         self.stats = ApplyStats()
         self.dir_meta: dict[str, tuple[int, int]] = {}    # canonical path -> (mode, mtime), applied last
+        self._parents: dict[str, tuple[int, str]] = {}     # member's parent -> (O_PATH fd, canonical path)
+        self._stale_parents = False
         os.makedirs(self.root, mode=0o700, exist_ok=True)
 
     def apply(self, fileobj: IO[bytes], source: str, *, limit: int | None = None) -> None:
@@ -103,6 +105,7 @@ class LayerApplier:
             finally:
                 os.close(fd)
         self.dir_meta.clear()
+        self._drop_parents()
         os.chmod(self.root, 0o755)
         return self.stats
 
@@ -140,14 +143,33 @@ class LayerApplier:
         if member.isreg():
             self._charge(member, source, budget)
         try:
-            with self.tree.at(rel, create=True) as (fd, name, canonical):
-                assert name is not None
-                self._create(tar, member, fd, name, canonical, source)
+            fd, parent = self._parent_dir(parent_rel)
         except TreeError as exc:
             raise HostileLayerError(f"{source}: member '{member.name}': {exc.message}",
                                     hint="this image is refused; rebuild it with a container engine") from exc
+        canonical = f"{parent}/{base}" if parent else base
+        self._create(tar, member, fd, base, canonical, source)
+        if self._stale_parents:
+            self._drop_parents()
         created.add(canonical)
         self.stats.entries += 1
+
+    def _parent_dir(self, parent_rel: str) -> tuple[int, str]:
+        """The directory a member goes into (resolved inside the tree, made when missing), cached: members
+        of one directory follow each other. The cache is dropped whenever an entry that could change how a
+        path resolves (a directory or a symlink) is removed or replaced."""
+        hit = self._parents.get(parent_rel)
+        if hit is None:
+            if len(self._parents) >= 256:
+                self._drop_parents()
+            hit = self._parents[parent_rel] = self.tree.open_dir(parent_rel, create=True)
+        return hit
+
+    def _drop_parents(self) -> None:
+        for fd, _ in self._parents.values():
+            os.close(fd)
+        self._parents.clear()
+        self._stale_parents = False
 
     def _charge(self, member: tarfile.TarInfo, source: str, budget: list[int]) -> None:
         size = sum(length for _, length in member.sparse) if member.sparse else member.size
@@ -179,6 +201,7 @@ class LayerApplier:
                 self._hide_lower(child, created)
 
     def _remove(self, canonical: str) -> None:
+        self._drop_parents()
         if self.tree.remove(canonical):
             self._forget(canonical)
 
@@ -190,6 +213,9 @@ class LayerApplier:
     def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int, name: str, canonical: str,
                 source: str) -> None:
         existing = _lstat_at(fd, name)
+        if existing is not None and (stat.S_ISDIR(existing.st_mode) or stat.S_ISLNK(existing.st_mode)) \
+                and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
+            self._stale_parents = True   # a directory or symlink goes: paths may resolve differently now
         if member.isdir():
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
                 os.unlink(name, dir_fd=fd)

@@ -71,7 +71,8 @@ def e2fsprogs_version() -> tuple[int, ...] | None:
 
 
 def reproducible_ext4() -> bool:
-    """e2fsprogs < 1.47.1 copies atime/ctime of the source tree into the image: never byte-identical."""
+    """e2fsprogs < 1.47.1 copies atime/ctime of the source tree into the image: never byte-identical.
+    (1.47.1 and later clamp times to SOURCE_DATE_EPOCH but keep older atimes: filesystems.pin_atimes.)"""
     version = e2fsprogs_version()
     return version is not None and version >= (1, 47, 1)
 
