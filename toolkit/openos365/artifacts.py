@@ -81,7 +81,8 @@ def write_checksum(path: Path) -> Path:
 def _manifest_locked(outdir: Path) -> Iterator[dict[str, Any]]:
     """manifest.json read, changed by the block and written back, one process at a time."""
     path = outdir / "manifest.json"
-    with open(outdir / ".manifest.lock", "a") as lock:
+    lock = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)   # the directory itself: no lock file
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         current: dict[str, Any] = {}
         if path.exists():
@@ -92,6 +93,8 @@ def _manifest_locked(outdir: Path) -> Iterator[dict[str, Any]]:
         yield current
         with atomic_path(path) as temp:
             temp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    finally:
+        os.close(lock)
 
 
 def write_manifest(outdir: Path, name: str, data: dict[str, Any]) -> Path:

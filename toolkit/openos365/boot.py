@@ -171,15 +171,38 @@ WantedBy=multi-user.target
 
 def clear_identity(root: Path | ImageTree, epoch: int) -> list[str]:
     """No per-machine identity or secret: empty machine-id, no SSH host keys, random seeds, systemd's
-    credential secret, snakeoil TLS key (remade on first boot where make-ssl-cert exists) or DHCP leases."""
+    credential secret, snakeoil TLS key (remade on first boot where make-ssl-cert exists) or DHCP leases.
+    For the bootable formats: no device nodes either (see remove_device_nodes)."""
     tree = as_tree(root)
     tree.write("etc/machine-id", "", 0o444, mtime=epoch)
+    remove_device_nodes(tree)
     removed = tree.remove_matching(*IDENTITY)
     if "etc/ssl/private/ssl-cert-snakeoil.key" in removed and tree.is_file("usr/sbin/make-ssl-cert"):
         tree.write("etc/systemd/system/openos365-snakeoil.service", SNAKEOIL_UNIT, mtime=epoch)
         tree.symlink("etc/systemd/system/multi-user.target.wants/openos365-snakeoil.service",
                      "/etc/systemd/system/openos365-snakeoil.service")
     return removed
+
+
+def remove_device_nodes(root: Path | ImageTree) -> int:
+    """Drop character and block device nodes. A booted system's /dev is devtmpfs, WSL mounts its own, and
+    a rootless export cannot make them: without them, root and rootless exports give the same bytes."""
+    tree = as_tree(root)
+    count = 0
+    for _rel, _dirs, names, dir_fd in tree.walk():
+        devices = [n for n in names if _is_device(os.stat(n, dir_fd=dir_fd, follow_symlinks=False).st_mode)]
+        if not devices:
+            continue
+        before = os.stat(dir_fd)
+        for name in devices:
+            os.unlink(name, dir_fd=dir_fd)
+        os.utime(dir_fd, ns=(before.st_atime_ns, before.st_mtime_ns))   # as if they had never been there
+        count += len(devices)
+    return count
+
+
+def _is_device(mode: int) -> bool:
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def hostname_from(name: str) -> str:

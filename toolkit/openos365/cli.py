@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import __version__, log
+from . import __version__, log, userns
 from .errors import CommandError, OpenOSError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -168,6 +168,8 @@ def test(
     report = boot_test(BootRequest(artifact=artifact, firmware=firmware, medium=as_,
                                    grow=parse_size(grow, where="--grow") if grow else None,
                                    timeout=timeout, memory=memory, workdir=workdir(), boots=boots))
+    for key, value in report.fields.items():   # what the booted system said, for --verbose and --json
+        log.note(f"report: {key}={value}")
     log.done(report.summary())
 
 
@@ -221,6 +223,8 @@ def inspect(source: Annotated[str, typer.Argument(help="layer dir or image ref")
 
 def main() -> None:
     try:
+        if userns.wants_userns(sys.argv[1:]):
+            sys.exit(userns.reexec(sys.argv[1:]))
         app(standalone_mode=False)
     except OpenOSError as exc:
         _report(exc)

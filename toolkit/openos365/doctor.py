@@ -6,7 +6,7 @@ import os
 
 from rich.table import Table
 
-from . import log, tools
+from . import log, tools, userns
 from .runner import which
 
 NEEDS: dict[str, list[str]] = {
@@ -49,4 +49,15 @@ def run_doctor() -> bool:
     log.info(f"container engines found: {', '.join(engines) or 'none'}")
     log.info(f"KVM: {'usable' if os.access('/dev/kvm', os.R_OK | os.W_OK) else 'not available'} "
              "(boot tests fall back to TCG)")
+    log.info(rootless_line())
     return ok
+
+
+def rootless_line() -> str:
+    """Whether this user's exports can keep the image's owners (root, or a user namespace), and why not."""
+    if os.geteuid() == 0:
+        return "rootless: running as root (a normal user's exports run in podman's user namespace)"
+    ready = userns.readiness()
+    if ready.engine is None:
+        return f"rootless: NOT ready: {ready.problem}; fix: {ready.hint}"
+    return f"rootless: ready ({ready.engine} unshare; subordinate ids in /etc/subuid and /etc/subgid)"

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import log
+from . import log, userns
 from .config import parse_size
 from .engine import Engine
 from .errors import UserError
-from .imagetree import ImageTree, TreeError, is_root
+from .imagetree import ImageTree, TreeError
 from .runner import pipe_through, run
 from .tarapply import LayerApplier
 
@@ -316,7 +316,8 @@ class TreeCache:
     """Flattened trees under <workdir>/rootfs/<kind>-<digest>-<epoch>-<how>/, complete or absent.
 
     kind is `engine` (the engine's image id) or `archive` (the config digest openos365 computed), so an
-    archive can never claim an engine image's entry; how is `root` or `user` (owners kept or not). A fill
+    archive can never claim an engine image's entry; how is `root`, `userns` (root in a user namespace: owners
+    kept, no device nodes) or `user` (no owners), never mixed. A fill
     lock serialises two processes flattening the same image (the second then uses the first's tree); a use
     lock, held for the life of the process, keeps pruning away from a tree in use."""
 
@@ -325,7 +326,7 @@ class TreeCache:
         self._held: list[int] = []
 
     def key(self, kind: str, digest: str, epoch: int) -> str:
-        return f"{kind}-{digest.partition(':')[2] or digest}"[:72] + f"-{epoch}-{'root' if is_root() else 'user'}"
+        return f"{kind}-{digest.partition(':')[2] or digest}"[:72] + f"-{epoch}-{userns.mode()}"
 
     def get(self, key: str) -> Path | None:
         tree = self.base / key
@@ -478,7 +479,8 @@ def _report(applier: LayerApplier, seconds: float) -> None:
     stats = applier.finish()
     log.note(f"{stats.entries} entries, {log.human_size(stats.bytes)} in {seconds:.1f}s")
     if stats.skipped_devices:
-        log.warn(f"{stats.skipped_devices} device nodes skipped: creating them needs root")
+        log.note(f"{stats.skipped_devices} device nodes skipped: making them needs host root (bootable "
+                 "artifacts never carry them; a tar or dir export lacks them)")
     if stats.skipped_xattrs:
         log.warn(f"{stats.skipped_xattrs} extended attributes could not be set (needs root or a "
                  "filesystem with xattr support)")

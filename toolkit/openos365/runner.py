@@ -33,6 +33,15 @@ class Result:
     tail: list[str]
 
 
+def _resolved(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """argv with its program found the way `which` finds it: a normal user's PATH often lacks /usr/sbin,
+    where sfdisk, mkfs.* and friends live (and where tools.require found them)."""
+    args = [os.fspath(a) for a in argv]
+    if args and "/" not in args[0]:
+        args[0] = which(args[0]) or args[0]
+    return args
+
+
 def _env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
     if not extra:
         return None
@@ -53,13 +62,23 @@ def run(
     stdout_file: IO[bytes] | None = None,
     hint: str | None = None,
     on_line: Callable[[str], None] | None = None,
+    passthrough: bool = False,
 ) -> Result:
     """Run argv. With capture=True stdout is returned (stderr still streams to the tail).
 
-    stdout_file sends stdout to an open binary file instead (for `podman save`-style producers).
+    stdout_file sends stdout to an open binary file instead (for `podman save`-style producers);
+    passthrough=True lets the process write to our own stdout and stderr (openos365 run again elsewhere).
     """
-    args = [os.fspath(a) for a in argv]
+    args = _resolved(argv)
     log.command(shlex.join(args))
+    if passthrough:
+        try:
+            code = subprocess.call(args, env=_env(env), cwd=cwd)
+        except FileNotFoundError as exc:
+            raise MissingToolError(f"'{args[0]}' is not installed", hint="run `openos365 doctor`") from exc
+        if check and code != 0:
+            raise CommandError(args, code, [], step=step, hint=hint)
+        return Result(args, code, "", [])
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     captured: list[str] = []
     try:
@@ -119,7 +138,7 @@ def pipe_through(argv: Sequence[str | os.PathLike[str]], source: IO[bytes], *, s
                  hint: str | None = None) -> Iterator[IO[bytes]]:
     """Feed `source` to argv's stdin (from a thread) and yield its stdout: a filter such as `zstd -dc`
     applied to a stream that is not a file. A non-zero exit raises CommandError with its stderr tail."""
-    args = [os.fspath(a) for a in argv]
+    args = _resolved(argv)
     log.command(shlex.join(args))
     try:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

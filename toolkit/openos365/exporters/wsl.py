@@ -15,9 +15,7 @@ outside the tree. The tar is tree.py's reproducible one, compressed by gzip -n o
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,17 +102,6 @@ def is_elf64(head: bytes) -> bool:
 
 # --- operations on the private tree copy (through imagetree) -----------------------------------------
 
-def remove_device_nodes(tree: ImageTree) -> int:
-    count = 0
-    for _rel, _dirs, names, dir_fd in tree.walk():
-        for name in names:
-            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                os.unlink(name, dir_fd=dir_fd)
-                count += 1
-    return count
-
-
 def purge_packages(tree: ImageTree) -> list[str]:
     """Remove matching packages' files and dpkg entries, as `dpkg --purge` would but without running the
     image's maintainer scripts on the host."""
@@ -175,7 +162,7 @@ def prepare_tree(root: Path | ImageTree, name: str, options: Any, epoch: int) ->
     check_tree(tree)
     purged = purge_packages(tree)
     tree.remove_matching(*STRIP)
-    devices = remove_device_nodes(tree)
+    devices = boot.remove_device_nodes(tree)
     if tree.is_file("etc/fstab") and not tree.is_symlink("etc/fstab"):
         tree.write("etc/fstab", strip_fstab(tree.read_text("etc/fstab")))
     tree.write("etc/machine-id", "", 0o444)
