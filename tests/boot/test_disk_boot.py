@@ -96,8 +96,8 @@ def test_cloud_formats_read_back_equal_to_raw(server_image, tmp_path):
 
 
 def test_same_image_and_options_give_the_same_bytes(server_image, tmp_path):
-    for out in ("a", "b"):
-        cli("export", "--to", "qcow2", "layers/server", "-o", str(tmp_path / out))
+    for out in ("a", "b"):   # --no-cache: both are made, neither reused from an earlier export
+        cli("export", "--to", "qcow2", "layers/server", "-o", str(tmp_path / out), "--no-cache")
     assert sha256(tmp_path / "a/server.qcow2") == sha256(tmp_path / "b/server.qcow2")
 
 
@@ -113,9 +113,10 @@ def test_interrupted_export_leaves_no_final_file_and_the_next_run_works(server_i
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "openos365.cli", "export", "--to", "raw", "layers/server", "-o",
-                             str(tmp_path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(tmp_path), "--no-cache"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    disk_in_progress = tmp_path / ".openos365-work-server-raw" / "disk.raw"
+    disk_in_progress = tmp_path / f".openos365-work-server-raw-{proc.pid}" / "disk.raw"
     while time.monotonic() < deadline and proc.poll() is None and not disk_in_progress.exists():
         time.sleep(0.05)
     proc.kill()  # mid-way: the disk is being written, the final name is not there yet

@@ -225,9 +225,9 @@ def test_kis_boots_over_tftp_and_http_with_its_grub_entry(kis_dir, tmp_path):
 # --- reproducibility --------------------------------------------------------------------------------------
 
 def test_same_image_and_options_give_the_same_iso_and_kis_bytes(server, iso_image, kis_dir, tmp_path):
-    cli("export", "--to", "iso", server, "-o", str(tmp_path / "iso"))
+    cli("export", "--to", "iso", server, "-o", str(tmp_path / "iso"), "--no-cache")
     assert sha256(tmp_path / "iso/server.iso") == sha256(iso_image)
-    cli("export", "--to", "kis", server, "-o", str(tmp_path / "kis"))
+    cli("export", "--to", "kis", server, "-o", str(tmp_path / "kis"), "--no-cache")
     for name in ("server.squashfs", "server.kernel", "server.initrd", "server.append", "server.ipxe",
                  "server.grub-netboot.cfg"):
         assert sha256(tmp_path / "kis" / name) == sha256(kis_dir / name), name

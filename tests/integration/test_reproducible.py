@@ -46,7 +46,7 @@ def test_cold_and_warm_tree_cache_give_identical_bytes(server_image: str, space:
     cli("--workdir", str(warm_wd), "export", "--to", "raw", LAYER, "-o", str(space / "warm-up"))
     shutil.rmtree(space / "warm-up")
     warm = space / "out-warm"
-    cli("--workdir", str(warm_wd), "export", "--to", fmt, *extra, LAYER, "-o", str(warm))
+    cli("--workdir", str(warm_wd), "export", "--to", fmt, *extra, LAYER, "-o", str(warm), "--no-cache")
 
     # Cold workdir: empty, so this export flattens the image afresh and mkfs sees the tree first.
     assert not cold_wd.exists()

@@ -70,10 +70,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksum(path: Path) -> Path:
+def write_checksum(path: Path, digest: str | None = None) -> Path:
+    """PATH.sha256 (`sha256sum -c` reads it); digest, when already known, saves hashing the file again."""
     target = checksum_path(path)
     with atomic_path(target) as temp:
-        temp.write_text(f"{sha256_of(path)}  {path.name}\n")
+        temp.write_text(f"{digest or sha256_of(path)}  {path.name}\n")
     return target
 
 

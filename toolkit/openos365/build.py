@@ -12,6 +12,7 @@ from .config import LayerConfig, load_yaml_mapping
 from .engine import BuildRequest, Engine, ImageInfo, check_ref
 from .errors import CommandError, OpenOSError, UserError, shown
 from .layers import chain
+from .reuse import BuildRecords, context_key
 from .runner import run
 
 
@@ -33,12 +34,13 @@ def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None
     layers = chain(layer_dir)
     parent_ref: str | None = None
     built: BuiltImage | None = None
+    records = None if no_cache or cache_from or cache_to else BuildRecords(workdir)
     for layer in layers:
         if layer.parent is None:
             parent_ref = ensure_base_image(layer, engine, workdir=workdir)
         assert parent_ref is not None
         built = build_one(layer, parent_ref, engine, cache_from=cache_from, cache_to=cache_to,
-                          no_cache=no_cache)
+                          no_cache=no_cache, records=records)
         parent_ref = built.info.id
     assert built is not None
     return built
@@ -47,8 +49,9 @@ def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None
 def ensure_base_image(layer: LayerConfig, engine: Engine, *, workdir: Path) -> str:
     """The `from:` image of a root layer: local, else bootstrapped from its recipe, else pulled."""
     assert layer.base_image is not None
-    if engine.exists(layer.base_image):
-        return engine.inspect(layer.base_image).id
+    found = engine.find(layer.base_image)
+    if found is not None:
+        return found.id
     if layer.bootstrap:
         recipe = project_root(layer.directory) / "Containerfiles" / layer.bootstrap
         bootstrap(recipe, engine, workdir=workdir, expected_ref=layer.base_image)
@@ -73,9 +76,16 @@ def _pull_failure(exc: OpenOSError) -> str:
 
 
 def build_one(layer: LayerConfig, parent_ref: str, engine: Engine, *, cache_from: str | None,
-              cache_to: str | None, no_cache: bool) -> BuiltImage:
+              cache_to: str | None, no_cache: bool, records: BuildRecords | None = None) -> BuiltImage:
     tags = [f"{layer.image}:{tag}" for tag in layer.tags]
     args = {**layer.build_args, "PARENT": parent_ref}
+    key = context_key(layer, parent_ref, engine.name, args)
+    remembered = records.get(layer, key) if records else None
+    if remembered is not None:
+        current = engine.find(tags[0])
+        if current is not None and current.id == remembered.id:
+            log.info(f"{layer.name}: unchanged since its last build: {tags[0]} sha256:{remembered.id}")
+            return BuiltImage(tags[0], current, layer)
     request = BuildRequest(containerfile=layer.containerfile, context=layer.directory, tags=tags, build_args=args,
                            cache_from=cache_from, cache_to=cache_to, no_cache=no_cache)
     with log.step(f"Building layer {layer.name}"):
@@ -87,6 +97,8 @@ def build_one(layer: LayerConfig, parent_ref: str, engine: Engine, *, cache_from
         content_tag = f"{layer.image}:{image_id[:12]}"
         engine.tag(image_id, content_tag)
         info = engine.inspect(image_id)
+    if records is not None:
+        records.put(layer, key, info)
     log.info(f"{layer.name}: {tags[0]} ({content_tag}) sha256:{image_id}")
     return BuiltImage(tags[0], info, layer)
 

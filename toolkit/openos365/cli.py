@@ -132,6 +132,8 @@ def export(
     publisher: Annotated[str | None, typer.Option(help="ISO publisher field")] = None,
     wsl_format: Annotated[str | None, typer.Option(help="tar.gz | wsl")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="make the artifact anew, even when an earlier "
+                                           "export of the same image with the same options can be reused")] = False,
     engine: EngineOpt = None,
     tls_verify: TlsOpt = True,
 ) -> None:
@@ -146,7 +148,7 @@ def export(
         "label": label, "publisher": publisher, "wsl_format": wsl_format, "name": name,
     }
     run_export(source, to, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
-               tls_verify=tls_verify)
+               tls_verify=tls_verify, no_cache=no_cache)
 
 
 @app.command()
@@ -202,7 +204,7 @@ def push(
     """Push an image (building a layer chain first) to one or more registries."""
     from .sources import resolve_image
 
-    ref, eng, _ = resolve_image(source, engine_name=engine, workdir=workdir(), pull=False)
+    ref, eng, _, _ = resolve_image(source, engine_name=engine, workdir=workdir(), pull=False)
     for target in targets:
         eng.push(ref, target.removeprefix("docker://"), tls_verify=tls_verify, authfile=authfile)
         log.info(f"pushed {target}")

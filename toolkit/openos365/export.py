@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, dpkg, log, tools
+from . import __version__, dpkg, log, tools, userns
 from .artifacts import describe, forget_manifest_entry, remove_abandoned, sha256_of, write_checksum, write_manifest
 from .errors import UserError
 from .exporters import EXPORTERS, ExportContext, Exporter
 from .imagetree import ImageTree
+from .reuse import ArtifactCache, export_key
 from .rootfs import private_dir, remove_tree
-from .sources import Source, resolve
+from .sources import Source, resolve, with_tree
 
 
 def get_exporter(fmt: str) -> Exporter:
@@ -25,7 +26,7 @@ def get_exporter(fmt: str) -> Exporter:
 
 
 def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, dry_run: bool,
-               engine_name: str | None, workdir: Path, tls_verify: bool = True) -> list[Path]:
+               engine_name: str | None, workdir: Path, tls_verify: bool = True, no_cache: bool = False) -> list[Path]:
     exporter = get_exporter(fmt)
     outdir = outdir.resolve()
     if dry_run:
@@ -35,16 +36,24 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     exporter.validate(preview)
     tools.require(exporter.required_tools(preview), purpose=f"--to {fmt}")
     started = time.monotonic()
-    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify,
-                     flatten=not exporter.needs_engine)
+    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify, flatten=False)
     options = source.defaults.merged(overrides)
     if options.ssh_key and not Path(options.ssh_key).is_file():
         raise UserError(f"--ssh-key {options.ssh_key}: no such file", hint="give the path of a public key (*.pub)")
-    scratch_prefix = f".openos365-work-{options.name or source.name}-{fmt}-"
+    name = options.name or source.name
+    versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
+    cache = ArtifactCache(workdir)
+    key = export_key(source.image_id, source.epoch, fmt, name, options, versions, userns.mode())
+    reused = None if no_cache else cache.fetch(key, outdir)
+    if reused is not None:
+        return _publish_reused(spec, source, fmt, name, outdir, *reused, started)
+    if not exporter.needs_engine:
+        source = with_tree(source, workdir)
+    scratch_prefix = f".openos365-work-{name}-{fmt}-"
     remove_abandoned(outdir, scratch_prefix)
     scratch = private_dir(outdir / f"{scratch_prefix}{os.getpid()}")
     ctx = ExportContext(source=source, options=options, outdir=outdir, scratch=scratch)
-    forget_manifest_entry(outdir, f"{ctx.name}.{fmt}")
+    forget_manifest_entry(outdir, f"{name}.{fmt}")
     try:
         with log.step(f"Exporting {spec} to {fmt}"):
             paths, details = exporter.export(ctx)
@@ -53,9 +62,21 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     files = [p for p in paths if p.is_file()]
     for path in files:
         write_checksum(path)
-    versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
-    write_manifest(outdir, f"{ctx.name}.{fmt}", _manifest(source, fmt, options, files, details, versions))
+    manifest = _manifest(source, fmt, options, files, details, versions)
+    write_manifest(outdir, f"{name}.{fmt}", manifest)
+    cache.store(key, paths, manifest)
     log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
+    return paths
+
+
+def _publish_reused(spec: str, source: Source, fmt: str, name: str, outdir: Path, paths: list[Path],
+                    manifest: dict[str, Any], started: float) -> list[Path]:
+    """An earlier export's artifacts (checksums verified) published again, with their manifest entry."""
+    for path in paths:
+        write_checksum(path, manifest["files"][path.name]["sha256"])
+    write_manifest(outdir, f"{name}.{fmt}", {**manifest, "source": spec, "image_ref": source.ref, "reused": True})
+    log.done(f"reused {describe(paths)}: same image, options and tools as an earlier export "
+             f"({time.monotonic() - started:.1f}s; --no-cache makes it anew)")
     return paths
 
 

@@ -455,7 +455,7 @@ def clamp_mtimes(tree: Path, epoch: int) -> None:
 
 def flatten_archive(spec: str, epoch: int | None, cache: TreeCache) -> tuple[Path, ArchiveImage, int]:
     image = read_archive(spec)
-    epoch = epoch if epoch is not None else _created(image.config)
+    epoch = epoch if epoch is not None else created_epoch(image.config)
     key = cache.key("archive", image.config_digest, epoch)
 
     def make(tree: Path) -> None:
@@ -468,7 +468,8 @@ def flatten_archive(spec: str, epoch: int | None, cache: TreeCache) -> tuple[Pat
     return cache.tree(key, make), image, epoch
 
 
-def _created(config: dict[str, Any]) -> int:
+def created_epoch(config: dict[str, Any]) -> int:
+    """An image config's creation time (the default SOURCE_DATE_EPOCH of its exports); 0 when unknown."""
     from .engine.base import parse_created
 
     created = config.get("created")

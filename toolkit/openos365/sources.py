@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Any
 from . import log
 from .build import build_layer_chain, source_date_epoch
 from .config import ExportOptions, LayerConfig, artifact_name_from
-from .engine import Engine, detect
+from .engine import Engine, ImageInfo, detect
 from .errors import UserError
 from .layers import is_layer_dir
-from .rootfs import ARCHIVE_PREFIXES, TreeCache, flatten_archive, flatten_engine_image, read_archive
+from .rootfs import ARCHIVE_PREFIXES, TreeCache, created_epoch, flatten_archive, flatten_engine_image, read_archive
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def name_from_ref(ref: str) -> str:
 
 
 def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bool = True,
-                  tls_verify: bool = True) -> tuple[str, Engine, LayerConfig | None]:
-    """A layer dir or engine reference -> (engine ref, engine, layer). Builds or pulls as needed."""
+                  tls_verify: bool = True) -> tuple[str, Engine, LayerConfig | None, ImageInfo]:
+    """A layer dir or engine reference -> (engine ref, engine, layer, image). Builds or pulls as needed."""
     path = Path(spec)
     if path.is_dir() and not is_layer_dir(path):
         raise UserError(f"{spec}: a directory but not a layer (no layer.yaml)",
@@ -54,35 +55,44 @@ def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bo
     engine = detect(engine_name)
     if is_layer_dir(path):
         built = build_layer_chain(path, engine, workdir=workdir)
-        return built.ref, engine, built.layer
+        return built.ref, engine, built.layer, built.info
     ref = spec.removeprefix("containers-storage:")
     if ref.startswith("docker://"):
         ref = ref.removeprefix("docker://")
         if pull:
             engine.pull(ref, tls_verify=tls_verify)
-    engine.require(ref)
-    return ref, engine, None
+    return ref, engine, None, engine.require(ref)
 
 
 def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bool = True,
             flatten: bool = True) -> Source:
     """The source, built or pulled as needed, and (flatten=True) its flattened tree."""
-    cache = TreeCache(workdir)
     if spec.startswith(ARCHIVE_PREFIXES):
-        if flatten:
-            tree, image, epoch = flatten_archive(spec, _env_epoch(), cache)
-        else:
-            image = read_archive(spec)
-            tree, epoch = None, source_date_epoch(0)
-        return Source(spec, name_from_ref(image.path.name.split(".")[0]), image.id, None, tree, epoch,
-                      image.config.get("config") or {}, None, None)
-    ref, engine, layer = resolve_image(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify)
-    info = engine.inspect(ref)
-    epoch = source_date_epoch(info.created)
-    tree = flatten_engine_image(engine, ref, info.id, epoch, cache, workdir) if flatten else None
-    name = layer.name if layer else name_from_ref(ref)
-    log.note(f"source {spec}: image {info.id[:12]}, SOURCE_DATE_EPOCH={epoch}")
-    return Source(spec, name, info.id, ref, tree, epoch, info.config, layer, engine)
+        image = read_archive(spec)
+        epoch = _env_epoch()
+        source = Source(spec, name_from_ref(image.path.name.split(".")[0]), image.id, None, None,
+                        epoch if epoch is not None else created_epoch(image.config), image.config.get("config") or {},
+                        None, None)
+    else:
+        ref, engine, layer, info = resolve_image(spec, engine_name=engine_name, workdir=workdir,
+                                                 tls_verify=tls_verify)
+        epoch = source_date_epoch(info.created)
+        log.note(f"source {spec}: image {info.id[:12]}, SOURCE_DATE_EPOCH={epoch}")
+        source = Source(spec, layer.name if layer else name_from_ref(ref), info.id, ref, None, epoch, info.config,
+                        layer, engine)
+    return with_tree(source, workdir) if flatten else source
+
+
+def with_tree(source: Source, workdir: Path) -> Source:
+    """The source with its flattened tree (from the tree cache when it has it)."""
+    if source.tree is not None:
+        return source
+    cache = TreeCache(workdir)
+    if source.engine is None or source.ref is None:
+        tree = flatten_archive(source.spec, source.epoch, cache)[0]
+    else:
+        tree = flatten_engine_image(source.engine, source.ref, source.image_id, source.epoch, cache, workdir)
+    return dataclasses.replace(source, tree=tree)
 
 
 def _env_epoch() -> int | None:

@@ -167,11 +167,16 @@ class Engine(ABC):
     @abstractmethod
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...
 
+    def find(self, ref: str) -> ImageInfo | None:
+        """The image, or None when the store has no such image (one engine call either way)."""
+        try:
+            return self.inspect(ref)
+        except CommandError:
+            return None
+
     def require(self, ref: str) -> ImageInfo:
-        if not self.exists(check_ref(ref)):
+        found = self.find(check_ref(ref))
+        if found is None:
             raise UserError(f"image '{ref}' does not exist in {self.name}'s local store",
                             hint=f"build it (openos365 build layers/NAME) or pull it (openos365 pull {ref})")
-        return self.inspect(ref)
-
-    def versions(self) -> str:
-        return run([self.binary, "--version"], capture=True, check=False).stdout.strip()
+        return found
