@@ -47,9 +47,29 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _proc(fd: int) -> str:
-    """The /proc path of an open fd: operations through it reach exactly that inode."""
-    return f"/proc/self/fd/{fd}"
+def proc_path(fd: int, name: str = "") -> str:
+    """The /proc path of an open fd (or of `name` in that directory, not followed): operations through it
+    reach exactly that inode, which O_PATH fds cannot do by themselves (fchmod, fsetxattr)."""
+    return f"/proc/self/fd/{fd}" + (f"/{name}" if name else "")
+
+
+def lstat_at(fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def ensure_dir_at(fd: int, name: str) -> int:
+    """`name` in directory fd as a real directory (a file or symlink there is replaced; a new one is 0700
+    until its mode is set); returns an O_RDONLY fd of it."""
+    existing = lstat_at(fd, name)
+    if existing is not None and not stat.S_ISDIR(existing.st_mode):
+        os.unlink(name, dir_fd=fd)
+        existing = None
+    if existing is None:
+        os.mkdir(name, 0o700, dir_fd=fd)
+    return os.open(name, _RDIR, dir_fd=fd)
 
 
 class _Walk:
@@ -275,7 +295,7 @@ class ImageTree:
                     raise IsADirectoryError(rel)
                 raise TreeError(f"{self.label}: /{canonical} is not a regular file",
                                 hint="openos365 only reads regular files from an image; fix the image")
-            read_fd = os.open(_proc(path_fd), os.O_RDONLY | os.O_CLOEXEC)
+            read_fd = os.open(proc_path(path_fd), os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(path_fd)
         try:
@@ -376,7 +396,7 @@ class ImageTree:
         with self.at(rel, create=True) as (fd, name, canonical):
             if name is None:
                 raise TreeError(f"{self.label}: cannot write the root of the tree")
-            existing = self._lstat_at(fd, name)
+            existing = lstat_at(fd, name)
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 shutil.rmtree(name, dir_fd=fd)
             temp = f".{name}.openos365-{os.getpid()}"
@@ -401,13 +421,6 @@ class ImageTree:
         if mtime is not None:
             os.utime(fd, (mtime, mtime))
 
-    @staticmethod
-    def _lstat_at(fd: int, name: str) -> os.stat_result | None:
-        try:
-            return os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-
     def append(self, rel: str, line: str, mode: int, *, owner: tuple[int, int] = (0, 0),
                mtime: int | None = None) -> None:
         content = self.read_text(rel)
@@ -429,13 +442,7 @@ class ImageTree:
         with self.at(rel, create=True) as (fd, name, canonical):
             if name is None:
                 return canonical
-            existing = self._lstat_at(fd, name)
-            if existing is not None and not stat.S_ISDIR(existing.st_mode):
-                os.unlink(name, dir_fd=fd)
-                existing = None
-            if existing is None:
-                os.mkdir(name, 0o700, dir_fd=fd)
-            dir_fd = os.open(name, _RDIR, dir_fd=fd)
+            dir_fd = ensure_dir_at(fd, name)
             try:
                 self.set_metadata(dir_fd, mode, owner, mtime)
             finally:

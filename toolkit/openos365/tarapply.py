@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from .errors import UserError
-from .imagetree import ImageTree, TreeError, is_root, split
+from .imagetree import ImageTree, TreeError, ensure_dir_at, is_root, lstat_at, proc_path, split
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -51,17 +51,6 @@ def _clean_name(name: str, source: str) -> str:
         raise HostileLayerError(f"{source}: member '{name}' climbs out of the root with '..'",
                                 hint="this image is refused; rebuild it with a container engine")
     return "/".join(parts)
-
-
-def _lstat_at(fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _proc(fd: int, name: str = "") -> str:
-    return f"/proc/self/fd/{fd}" + (f"/{name}" if name else "")
 
 
 class LayerApplier:
@@ -212,17 +201,12 @@ class LayerApplier:
 
     def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int, name: str, canonical: str,
                 source: str) -> None:
-        existing = _lstat_at(fd, name)
+        existing = lstat_at(fd, name)
         if existing is not None and (stat.S_ISDIR(existing.st_mode) or stat.S_ISLNK(existing.st_mode)) \
                 and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
             self._stale_parents = True   # a directory or symlink goes: paths may resolve differently now
         if member.isdir():
-            if existing is not None and not stat.S_ISDIR(existing.st_mode):
-                os.unlink(name, dir_fd=fd)
-                existing = None
-            if existing is None:
-                os.mkdir(name, 0o700, dir_fd=fd)
-            dir_fd = os.open(name, _RDIR, dir_fd=fd)
+            dir_fd = ensure_dir_at(fd, name)
             try:
                 self._owner_and_xattrs(member, dir_fd)
             finally:
@@ -277,7 +261,7 @@ class LayerApplier:
         target_rel = _clean_name(member.linkname, source)
         try:
             with self.tree.at(target_rel) as (target_fd, target_name, _):
-                target = _lstat_at(target_fd, target_name) if target_name else None
+                target = lstat_at(target_fd, target_name) if target_name else None
                 if target is None:
                     raise FileNotFoundError(target_rel)
                 if stat.S_ISDIR(target.st_mode):
@@ -298,17 +282,17 @@ class LayerApplier:
         node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         try:   # an O_PATH fd, reached through /proc: the node is never opened (no device driver runs)
             if is_root():
-                os.chown(_proc(node), member.uid, member.gid)
-            self._xattrs(member, _proc(node), follow=True)
-            os.chmod(_proc(node), member.mode & 0o7777)
-            os.utime(_proc(node), (self._mtime(member),) * 2)
+                os.chown(proc_path(node), member.uid, member.gid)
+            self._xattrs(member, proc_path(node), follow=True)
+            os.chmod(proc_path(node), member.mode & 0o7777)
+            os.utime(proc_path(node), (self._mtime(member),) * 2)
         finally:
             os.close(node)
 
     def _symlink_metadata(self, member: tarfile.TarInfo, fd: int, name: str) -> None:
         if is_root():
             os.chown(name, member.uid, member.gid, dir_fd=fd, follow_symlinks=False)
-        self._xattrs(member, _proc(fd, name), follow=False)
+        self._xattrs(member, proc_path(fd, name), follow=False)
         os.utime(name, (self._mtime(member),) * 2, dir_fd=fd, follow_symlinks=False)
 
     def _owner_and_xattrs(self, member: tarfile.TarInfo, fd: int) -> None:
