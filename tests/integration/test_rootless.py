@@ -21,7 +21,7 @@ from tests.conftest import REPO, cli
 pytestmark = pytest.mark.integration
 
 USER = "openos365-ci"
-PROJECT = ("pyproject.toml", "README.md", "toolkit", "layers", "Containerfiles")
+PROJECT = ("pyproject.toml", "README.md", "toolkit", "layers", "Containerfiles", "tests")
 
 
 def as_user(command: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
@@ -56,8 +56,15 @@ def home() -> Path:
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, project / name)
     subprocess.run(["chown", "-R", f"{USER}:{USER}", str(project)], check=True)
     ok("test -x ~/venv/bin/python || /usr/bin/python3 -m venv ~/venv")
-    ok("~/venv/bin/pip install -q ~/openos365", timeout=900)
+    ok("~/venv/bin/pip install -q ~/openos365 pytest", timeout=900)
     return home
+
+
+def test_hostile_layer_and_tree_tests_pass_as_a_normal_user(home):
+    """The trust-boundary unit tests, as a user: the non-root paths of tarapply and imagetree."""
+    result = ok("cd ~/openos365 && ~/venv/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_tarapply.py "
+                "tests/unit/test_trust_boundary.py tests/unit/test_concurrency.py", timeout=900)
+    assert " passed" in result.stdout and "failed" not in result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -367,3 +367,20 @@ def test_cache_and_scratch_are_private(tmp_path):
     tree, _, _ = flatten_archive(f"oci:{tmp_path / 'img'}", 0, TreeCache(tmp_path / "wd"))
     assert stat.S_IMODE(os.stat(tmp_path / "wd/rootfs").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tree.parent).st_mode) == 0o700
+
+
+def test_read_only_trees_flatten_and_are_removed_twice_as_any_user(tmp_path):
+    """Fedora's 0555 /usr/bin and 0000 /etc/shadow: flattened, then removed (and removed again) without
+    root; a normal user cannot delete entries of a directory it may not write."""
+    from openos365.rootfs import remove_tree
+
+    hard = layer(("usr", "dir", {}), ("usr/bin", "dir", {"mode": 0o555}), ("usr/bin/true", "file", {"data": b"x"}),
+                 ("etc", "dir", {"mode": 0o555}), ("etc/shadow", "file", {"data": b"s", "mode": 0o000}))
+    for _ in range(2):
+        root = tmp_path / "root"
+        apply(root, hard)
+        hard.seek(0)
+        assert stat.S_IMODE(os.stat(root / "usr/bin").st_mode) == 0o555
+        assert stat.S_IMODE(os.stat(root / "etc/shadow").st_mode) == 0
+        remove_tree(root)
+        assert not root.exists()
