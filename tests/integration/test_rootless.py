@@ -37,6 +37,7 @@ def ok(command: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
 
 
 def openos365(args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
+    """openos365 as the user; global options (--verbose) may lead args."""
     return ok(f"cd ~/openos365 && ~/venv/bin/openos365 --workdir ~/wd {args}", timeout)
 
 
@@ -115,7 +116,7 @@ def test_rootless_qcow2_has_the_same_bytes_as_roots(home, built, tmp_path):
 @pytest.mark.boot
 def test_the_users_disk_boots_with_root_owned_setuid_sudo(home, built):
     openos365("export --to qcow2 layers/server -o ~/out-boot")
-    result = openos365("test ~/out-boot/server.qcow2 --firmware uefi --grow 2G --verbose", timeout=1200)
+    result = openos365("--verbose test ~/out-boot/server.qcow2 --firmware uefi --grow 2G", timeout=1200)
     text = result.stderr.replace("\n", " ")
     assert "state running" in text
     assert "report: sudo=0:0:4755" in text

@@ -111,7 +111,9 @@ def layers(root: Annotated[Path, typer.Argument(help="the layers directory")] = 
 
 
 def _formats_help() -> str:
-    return "dir, tar, raw, qcow2, vmdk, vhdx, vhd, iso, kis, docker, oci, wsl"
+    from .exporters import EXPORTERS
+
+    return ", ".join(EXPORTERS)
 
 
 @app.command()

@@ -9,19 +9,17 @@ from rich.table import Table
 from . import log, tools, userns
 from .runner import which
 
-NEEDS: dict[str, list[str]] = {
-    "build": ["podman"],
-    "bootstrap": ["mmdebstrap", "podman"],
-    "export --to dir/tar": ["podman", "tar", "cp"],
-    "export --to raw/qcow2/vmdk/vhdx/vhd": ["sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "grub-mkimage",
-                                            "qemu-img"],
-    "export --to iso": ["mksquashfs", "xorriso", "mkfs.vfat", "mcopy", "grub-mkimage"],
-    "export --to kis": ["mksquashfs", "mkfs.ext4", "mkfs.erofs"],
-    "export --to docker/oci": ["podman", "skopeo"],
-    "export --to wsl": ["tar", "gzip", "xz"],
-    "pull / push": ["podman", "skopeo"],
-    "test": ["qemu-system-x86_64", "qemu-img"],
-}
+
+def needs() -> dict[str, list[str]]:
+    """Each command and the host tools it needs; the export rows come from the exporters' own table."""
+    from .exporters import EXPORTERS
+
+    by_tools: dict[tuple[str, ...], list[str]] = {}
+    for fmt, exporter in EXPORTERS.items():
+        by_tools.setdefault(tuple(dict.fromkeys(exporter.every_tool())), []).append(fmt)
+    exports = {f"export --to {'/'.join(fmts)}": list(needed) for needed, fmts in by_tools.items()}
+    return {"build": ["podman"], "bootstrap": ["mmdebstrap", "podman"], **exports,
+            "pull / push": ["podman", "skopeo"], "test": ["qemu-system-x86_64", "qemu-img"]}
 
 
 def run_doctor() -> bool:
@@ -31,7 +29,7 @@ def run_doctor() -> bool:
     table.add_column("status")
     table.add_column("install (Debian / Fedora / openSUSE)")
     ok = True
-    for command, commands in NEEDS.items():
+    for command, commands in needs().items():
         for name in commands:
             tool = tools.TOOLS[name]
             found = which(name)

@@ -41,6 +41,8 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     if options.ssh_key and not Path(options.ssh_key).is_file():
         raise UserError(f"--ssh-key {options.ssh_key}: no such file", hint="give the path of a public key (*.pub)")
     name = options.name or source.name
+    scratch_prefix = f".openos365-work-{name}-{fmt}-"
+    remove_abandoned(outdir, scratch_prefix)    # what a killed export of this artifact left, whatever comes next
     versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
     cache = ArtifactCache(workdir)
     key = export_key(source.image_id, source.epoch, fmt, name, options, versions, userns.mode())
@@ -49,8 +51,6 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
         return _publish_reused(spec, source, fmt, name, outdir, *reused, started)
     if not exporter.needs_engine:
         source = with_tree(source, workdir)
-    scratch_prefix = f".openos365-work-{name}-{fmt}-"
-    remove_abandoned(outdir, scratch_prefix)
     scratch = private_dir(outdir / f"{scratch_prefix}{os.getpid()}")
     ctx = ExportContext(source=source, options=options, outdir=outdir, scratch=scratch)
     forget_manifest_entry(outdir, f"{name}.{fmt}")

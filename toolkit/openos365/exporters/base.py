@@ -48,6 +48,10 @@ class Exporter(ABC):
     def required_tools(self, options: ExportOptions) -> list[str]:
         return list(self.tools)
 
+    def every_tool(self) -> list[str]:
+        """What any option of this format may need: doctor's table."""
+        return self.required_tools(ExportOptions())
+
     def validate(self, options: ExportOptions) -> None:
         """Refuse option combinations this format cannot honour, before anything is built."""
         return None

@@ -53,6 +53,9 @@ class _ArchiveExporter(Exporter):
     def output(self, ctx: ExportContext) -> Path:
         return ctx.outdir / f"{ctx.name}.{self.suffix}"
 
+    def every_tool(self) -> list[str]:
+        return ["podman", "skopeo", *self.tools]   # the engine saves its images; skopeo converts archives
+
     def plan(self, ctx: ExportContext) -> list[str]:
         how = "skopeo copy" if ctx.source.spec.startswith(ARCHIVE_PREFIXES) else "the engine (podman save)"
         return [f"write {self.transport} of {ctx.source.spec} with {how}, tagged "

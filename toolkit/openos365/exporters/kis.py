@@ -194,6 +194,9 @@ class KisExporter(Exporter):
     def required_tools(self, options: Any) -> list[str]:
         return [*self.tools, ROOT_TOOLS[options.rootfs]]
 
+    def every_tool(self) -> list[str]:
+        return [*self.tools, *ROOT_TOOLS.values()]
+
     def plan(self, ctx: ExportContext) -> list[str]:
         options, out = ctx.options, ctx.outdir / ctx.name
         check_options(options)

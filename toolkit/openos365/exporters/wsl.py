@@ -188,6 +188,9 @@ class WslExporter(Exporter):
     def required_tools(self, options: Any) -> list[str]:
         return [*self.tools, "xz" if options.compression == "xz" else "gzip"]
 
+    def every_tool(self) -> list[str]:
+        return [*self.tools, "gzip", "xz"]
+
     def output(self, ctx: ExportContext) -> Path:
         extension = compressor(ctx.options.compression)[1]
         return ctx.outdir / output_name(ctx.name, ctx.options.wsl_format, extension)
