@@ -21,3 +21,4 @@ bench:
     .venv/bin/python bench/flatten.py
     .venv/bin/python bench/disk.py
     .venv/bin/python bench/iso.py
+    .venv/bin/python bench/change.py

@@ -1,0 +1,299 @@
+"""What an image needs to boot, found in its root tree, and the host-side customisation of that tree.
+
+Shared by every bootable exporter (disk, ISO, KIS): kernel/initrd discovery, live-boot support, GRUB
+module directories, the kernel command line, and writing identity-free system files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import log
+from .errors import UserError
+from .imagetree import ImageTree, TreeError
+
+SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    kernel: Path          # path inside the tree, without symlinks, e.g. boot/vmlinuz-6.1.0-50-amd64
+    initrd: Path
+    kernel_link: Path | None = None   # boot-loader path that survives in-guest kernel upgrades (/vmlinuz)
+    initrd_link: Path | None = None
+
+
+def _version_key(version: str) -> list[tuple[int, int, str]]:
+    """Numeric parts compare as numbers, others as text (a number sorts after text in the same place)."""
+    return [(1, int(p), "") if p.isdigit() else (0, 0, p) for p in re.split(r"[.\-+~]", version)]
+
+
+def _candidates(tree: ImageTree) -> list[tuple[str, str, list[str]]]:
+    """(version, kernel, initrd candidates) for the layouts distributions use."""
+    found = []
+    for kernel in tree.glob("boot", "vmlinuz-*"):
+        version = kernel.rpartition("/vmlinuz-")[2]
+        found.append((version, kernel, [f"boot/initrd.img-{version}", f"boot/initramfs-{version}.img"]))
+    for directory in tree.glob("usr/lib/modules", "*"):
+        version = directory.rpartition("/")[2]
+        if tree.is_file(f"{directory}/vmlinuz") and not any(v == version for v, _, _ in found):
+            found.append((version, f"{directory}/vmlinuz", [f"{directory}/initramfs.img",
+                                                            f"boot/initramfs-{version}.img"]))
+    return found
+
+
+def find_kernel(root: Path | ImageTree) -> Kernel:
+    """The newest kernel and its initrd, as paths without symlinks: an image's `initrd.img -> /etc/shadow`
+    means the image's own /etc/shadow, never the build host's."""
+    tree = as_tree(root)
+    found = [c for c in _candidates(tree) if tree.is_file(c[1])]
+    if not found:
+        raise UserError(f"the image has no kernel (looked for /boot/vmlinuz-* and /usr/lib/modules/*/vmlinuz in "
+                        f"{tree.root})", hint="add a kernel to the layer: linux-image-amd64 (Debian), "
+                        "linux-image-generic (Ubuntu), kernel (Fedora), kernel-default (openSUSE)")
+    version, kernel, initrds = max(found, key=lambda item: _version_key(item[0]))
+    initrd = next((tree.resolve(p, follow=True) for p in initrds if tree.is_file(p)), None)
+    if initrd is None:
+        raise UserError(f"the image has kernel {version} but no initrd for it",
+                        hint="add an initrd generator to the layer before the kernel: initramfs-tools (Debian) "
+                        "or dracut (Fedora/openSUSE), configured non-host-only")
+    kernel = tree.resolve(kernel, follow=True)
+    link = tree.readlink("vmlinuz")
+    same_kernel = link is not None and Path(link).name == Path(kernel).name
+    return Kernel(version, Path(kernel), Path(initrd),
+                  Path("vmlinuz") if same_kernel else None,
+                  Path("initrd.img") if same_kernel and tree.is_symlink("initrd.img") else None)
+
+
+def as_tree(root: Path | ImageTree) -> ImageTree:
+    return root if isinstance(root, ImageTree) else ImageTree(root)
+
+
+def live_support(root: Path | ImageTree) -> str | None:
+    """'live-boot' (Debian) or 'dmsquash-live' (dracut) when the image's initrd can boot a live medium."""
+    tree = as_tree(root)
+    if any(tree.is_dir(d) for d in ("usr/lib/live/boot", "lib/live/boot")):
+        return "live-boot"
+    if any(tree.is_dir(f"{lib}/dracut/modules.d/90dmsquash-live") for lib in ("usr/lib", "lib")):
+        return "dmsquash-live"
+    return None
+
+
+def grub_modules(root: Path | ImageTree, platform: str, scratch: Path) -> Path:
+    """GRUB modules for i386-pc or x86_64-efi: the image's own (so boot code matches the image), copied out
+    as regular files into scratch (host tools such as grub-mkimage then read copies, never image paths);
+    else the host's."""
+    tree = as_tree(root)
+    if tree.is_file(f"usr/lib/grub/{platform}/normal.mod"):
+        return tree.copy_dir_out(f"usr/lib/grub/{platform}", scratch / f"grub-{platform}")
+    host = Path("/usr/lib/grub") / platform
+    if (host / "normal.mod").exists():
+        log.note(f"the image has no GRUB {platform} modules; using the host's {host}")
+        return host
+    package = "grub-pc-bin" if platform == "i386-pc" else "grub-efi-amd64-bin"
+    raise UserError(f"no GRUB modules for {platform} in the image or on the host",
+                    hint=f"add {package} to the layer (Debian) or install it on the host")
+
+
+def os_release(root: Path | ImageTree) -> dict[str, str]:
+    """The image's os-release fields (etc/os-release, else usr/lib/os-release)."""
+    tree = as_tree(root)
+    text = tree.read_text("etc/os-release", limit=64 << 10) or tree.read_text("usr/lib/os-release", limit=64 << 10)
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            fields[key.strip()] = value.strip().strip('"').strip("'")
+    return fields
+
+
+def describe_tree(root: Path | ImageTree) -> dict[str, Any]:
+    tree = as_tree(root)
+    info: dict[str, Any] = {"kernel": None, "initrd": None, "live": live_support(tree)}
+    try:
+        kernel = find_kernel(tree)
+        info.update(kernel=str(kernel.kernel), initrd=str(kernel.initrd), kernel_version=kernel.version)
+    except UserError as exc:
+        info["kernel_problem"] = exc.message
+    info["grub"] = [p for p in ("i386-pc", "x86_64-efi") if tree.is_file(f"usr/lib/grub/{p}/normal.mod")]
+    info["systemd_repart"] = has_repart(tree)
+    try:
+        info["os"] = os_release(tree).get("PRETTY_NAME")
+    except TreeError as exc:
+        info["os_problem"] = exc.message
+    return info
+
+
+def has_repart(root: Path | ImageTree) -> bool:
+    tree = as_tree(root)
+    return any(tree.is_file(p) for p in ("usr/bin/systemd-repart", "bin/systemd-repart"))
+
+
+def derive_uuid(seed: str, purpose: str) -> str:
+    """A UUID that depends only on (seed, purpose): exports of the same image give the same bytes."""
+    digest = hashlib.sha256(f"openos365:{seed}:{purpose}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+# --- writing into a private copy of the tree -----------------------------------------------------------
+# Every access goes through ImageTree: symlinks inside the image resolve inside the tree (as in a container),
+# so an image with `etc/ssh -> /etc/ssh` can never make an export read or change the build host's files.
+
+# Per-machine identity and secrets an image must not carry (wildcards allowed in any component).
+IDENTITY = (
+    "var/lib/dbus/machine-id", "etc/ssh/ssh_host_*_key", "etc/ssh/ssh_host_*_key.pub",
+    "var/lib/systemd/random-seed", "var/lib/systemd/credential.secret", "boot/loader/random-seed",
+    "efi/loader/random-seed", "boot/efi/loader/random-seed", "etc/ssl/private/ssl-cert-snakeoil.key",
+    "etc/ssl/certs/ssl-cert-snakeoil.pem", "var/lib/dhcp/*.leases", "var/lib/dhclient/*.lease*",
+    "var/lib/NetworkManager/*.lease", "var/lib/NetworkManager/internal-*", "var/lib/NetworkManager/secret_key",
+)
+SNAKEOIL_UNIT = """[Unit]
+Description=Make this machine's own snakeoil TLS key pair (openos365 removed the image's)
+ConditionPathExists=!/etc/ssl/private/ssl-cert-snakeoil.key
+Before=network-pre.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/sbin/make-ssl-cert generate-default-snakeoil --force-overwrite
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def clear_identity(root: Path | ImageTree, epoch: int) -> list[str]:
+    """No per-machine identity or secret: empty machine-id, no SSH host keys, random seeds, systemd's
+    credential secret, snakeoil TLS key (remade on first boot where make-ssl-cert exists) or DHCP leases.
+    For the bootable formats: no device nodes either (see remove_device_nodes)."""
+    tree = as_tree(root)
+    tree.write("etc/machine-id", "", 0o444, mtime=epoch)
+    remove_device_nodes(tree)
+    removed = tree.remove_matching(*IDENTITY)
+    if "etc/ssl/private/ssl-cert-snakeoil.key" in removed and tree.is_file("usr/sbin/make-ssl-cert"):
+        tree.write("etc/systemd/system/openos365-snakeoil.service", SNAKEOIL_UNIT, mtime=epoch)
+        tree.symlink("etc/systemd/system/multi-user.target.wants/openos365-snakeoil.service",
+                     "/etc/systemd/system/openos365-snakeoil.service")
+    return removed
+
+
+def remove_device_nodes(root: Path | ImageTree) -> int:
+    """Drop character and block device nodes. A booted system's /dev is devtmpfs, WSL mounts its own, and
+    a rootless export cannot make them: without them, root and rootless exports give the same bytes."""
+    tree = as_tree(root)
+    count = 0
+    for _rel, _dirs, names, dir_fd in tree.walk():
+        devices = [n for n in names if _is_device(os.stat(n, dir_fd=dir_fd, follow_symlinks=False).st_mode)]
+        if not devices:
+            continue
+        before = os.stat(dir_fd)
+        for name in devices:
+            os.unlink(name, dir_fd=dir_fd)
+        os.utime(dir_fd, ns=(before.st_atime_ns, before.st_mtime_ns))   # as if they had never been there
+        count += len(devices)
+    return count
+
+
+def _is_device(mode: int) -> bool:
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def hostname_from(name: str) -> str:
+    """A valid host name made from an artifact name (letters, digits and '-', at most 63)."""
+    return re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-")[:63] or "localhost"
+
+
+def set_hostname(root: Path | ImageTree, hostname: str, epoch: int) -> None:
+    tree = as_tree(root)
+    tree.write("etc/hostname", f"{hostname}\n", mtime=epoch)
+    tree.write("etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
+               "::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n",
+               mtime=epoch)
+
+
+def set_resolver(root: Path | ImageTree) -> None:
+    """resolv.conf: systemd-resolved's stub where the image has it, else left for DHCP to fill."""
+    tree = as_tree(root)
+    if any(tree.is_file(p) for p in ("lib/systemd/systemd-resolved", "usr/lib/systemd/systemd-resolved")):
+        tree.symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")
+    else:
+        tree.write("etc/resolv.conf", "")
+
+
+def _ids(text: str, field: int) -> set[int]:
+    return {int(parts[field]) for parts in (line.split(":") for line in text.splitlines())
+            if len(parts) > field and parts[field].isdigit()}
+
+
+def add_user(root: Path | ImageTree, user: str | None, ssh_key: str | None, epoch: int) -> dict[str, Any]:
+    """Create `user` (sudo without password, locked password: log in with the SSH key) and/or install
+    the key. Edits passwd/shadow/group directly: no chroot, no tools from the image needed. The uid and
+    its own group's gid are one number free in both /etc/passwd and /etc/group."""
+    tree = as_tree(root)
+    if not user and not ssh_key:
+        return {}
+    key = Path(ssh_key).read_text().strip() + "\n" if ssh_key else None
+    if key is not None and not re.match(r"^(ssh-|ecdsa-|sk-)", key):
+        raise UserError(f"--ssh-key {ssh_key}: not an OpenSSH public key", hint="give the .pub file")
+    if not user:
+        _authorized_key(tree, "root", 0, 0, key, epoch)
+        return {"ssh_key_for": "root"}
+    passwd, group = tree.read_text("etc/passwd"), tree.read_text("etc/group")
+    if any(line.split(":")[0] == user for line in passwd.splitlines()):
+        raise UserError(f"--user {user}: the image already has this user", hint="pick another name")
+    if any(line.split(":")[0] == user for line in group.splitlines()):
+        raise UserError(f"--user {user}: the image already has a group of this name", hint="pick another name")
+    used = _ids(passwd, 2) | _ids(group, 2)
+    uid = next(i for i in range(1000, 60000) if i not in used)
+    shadow_gid = _group_id(tree, "shadow")
+    tree.append("etc/passwd", f"{user}:x:{uid}:{uid}::/home/{user}:/bin/bash\n", 0o644, mtime=epoch)
+    tree.append("etc/group", f"{user}:x:{uid}:\n", 0o644, mtime=epoch)
+    tree.append("etc/shadow", f"{user}:!:{epoch // 86400}:0:99999:7:::\n", 0o640, owner=(0, shadow_gid),
+                mtime=epoch)
+    if tree.is_file("etc/gshadow"):
+        tree.append("etc/gshadow", f"{user}:!::\n", 0o640, owner=(0, shadow_gid), mtime=epoch)
+    tree.write(f"etc/sudoers.d/90-{user}", f"{user} ALL=(ALL) NOPASSWD:ALL\n", 0o440, mtime=epoch)
+    tree.mkdir(f"home/{user}", 0o750, owner=(uid, uid), mtime=epoch)
+    if key:
+        _authorized_key(tree, f"home/{user}", uid, uid, key, epoch)
+    return {"user": user, "uid": uid}
+
+
+def _group_id(tree: ImageTree, name: str) -> int:
+    for line in tree.read_text("etc/group").splitlines():
+        parts = line.split(":")
+        if parts[0] == name and len(parts) > 2 and parts[2].isdigit():
+            return int(parts[2])
+    return 0
+
+
+def _authorized_key(tree: ImageTree, home: str, uid: int, gid: int, key: str | None, epoch: int) -> None:
+    if key is None:
+        return
+    tree.mkdir(f"{home}/.ssh", 0o700, owner=(uid, gid), mtime=epoch)
+    tree.write(f"{home}/.ssh/authorized_keys", key, 0o600, owner=(uid, gid), mtime=epoch)
+
+
+def tree_size(root: Path | ImageTree) -> tuple[int, int]:
+    """(bytes, inodes) of a tree, counting each file in 4 KiB blocks, hard links once, and a sparse file
+    (allocated less than half its size) by what it allocates."""
+    tree = as_tree(root)
+    total, inodes, seen = 0, 0, set()
+    for _rel, dirnames, filenames, dir_fd in tree.walk():
+        for name in [*dirnames, *filenames]:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if st.st_ino in seen:
+                    continue
+                seen.add(st.st_ino)
+            inodes += 1
+            size = st.st_blocks * 512 if st.st_blocks * 1024 < st.st_size else st.st_size
+            total += (size + 4095) // 4096 * 4096
+    return total, inodes

@@ -1,0 +1,202 @@
+"""Build a layer chain with the engine, and bootstrap base images from a distribution archive."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import log
+from .config import LayerConfig, load_yaml_mapping
+from .engine import BuildRequest, Engine, ImageInfo, check_ref
+from .errors import CommandError, OpenOSError, UserError, shown
+from .layers import chain
+from .reuse import BuildRecords, context_key
+from .runner import run
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    ref: str
+    info: ImageInfo
+    layer: LayerConfig | None = None
+
+
+def project_root(layer_dir: Path) -> Path:
+    """The directory holding layers/ and Containerfiles/ (the layer dir's grandparent)."""
+    return layer_dir.resolve().parent.parent
+
+
+def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None = None,
+                      cache_to: str | None = None, no_cache: bool = False,
+                      workdir: Path) -> BuiltImage:
+    layers = chain(layer_dir)
+    parent_ref: str | None = None
+    built: BuiltImage | None = None
+    records = None if no_cache or cache_from or cache_to else BuildRecords(workdir)
+    for layer in layers:
+        if layer.parent is None:
+            parent_ref = ensure_base_image(layer, engine, workdir=workdir)
+        assert parent_ref is not None
+        built = build_one(layer, parent_ref, engine, cache_from=cache_from, cache_to=cache_to,
+                          no_cache=no_cache, records=records)
+        parent_ref = built.info.id
+    assert built is not None
+    return built
+
+
+def ensure_base_image(layer: LayerConfig, engine: Engine, *, workdir: Path) -> str:
+    """The `from:` image of a root layer: local, else bootstrapped from its recipe, else pulled."""
+    assert layer.base_image is not None
+    found = engine.find(layer.base_image)
+    if found is not None:
+        return found.id
+    if layer.bootstrap:
+        recipe = project_root(layer.directory) / "Containerfiles" / layer.bootstrap
+        bootstrap(recipe, engine, workdir=workdir, expected_ref=layer.base_image)
+    else:
+        try:
+            engine.pull(layer.base_image)
+        except (CommandError, UserError) as exc:
+            raise UserError(f"{shown(layer.directory / 'layer.yaml')}: from: {layer.base_image} does not exist "
+                            f"locally and could not be pulled ({_pull_failure(exc)})",
+                            hint="check the name; build or pull it first (openos365 pull IMAGE), or add "
+                            "'bootstrap: RECIPE' to make it from a distribution archive (see Containerfiles/)"
+                            ) from exc
+    return engine.inspect(layer.base_image).id
+
+
+def _pull_failure(exc: OpenOSError) -> str:
+    """The engine's own reason for a failed pull, in one line."""
+    if isinstance(exc, CommandError):
+        reason = next((line.split("Error: ", 1)[1] for line in reversed(exc.tail) if "Error: " in line), "")
+        return " ".join(reason.split()) or f"exit status {exc.returncode}"
+    return exc.message.split(": ", 1)[-1]
+
+
+def build_one(layer: LayerConfig, parent_ref: str, engine: Engine, *, cache_from: str | None,
+              cache_to: str | None, no_cache: bool, records: BuildRecords | None = None) -> BuiltImage:
+    tags = [f"{layer.image}:{tag}" for tag in layer.tags]
+    args = {**layer.build_args, "PARENT": parent_ref}
+    key = context_key(layer, parent_ref, engine.name, args)
+    remembered = records.get(layer, key) if records else None
+    if remembered is not None:
+        current = engine.find(tags[0])
+        if current is not None and current.id == remembered.id:
+            log.info(f"{layer.name}: unchanged since its last build: {tags[0]} sha256:{remembered.id}")
+            return BuiltImage(tags[0], current, layer)
+    request = BuildRequest(containerfile=layer.containerfile, context=layer.directory, tags=tags, build_args=args,
+                           cache_from=cache_from, cache_to=cache_to, no_cache=no_cache)
+    with log.step(f"Building layer {layer.name}"):
+        try:
+            image_id = engine.build(request)
+        except CommandError as exc:
+            raise CommandError(exc.argv, exc.returncode, exc.tail, step=exc.step, hint=exc.hint,
+                               message=f"layer {layer.name}: {exc.message}") from exc
+        content_tag = f"{layer.image}:{image_id[:12]}"
+        engine.tag(image_id, content_tag)
+        info = engine.inspect(image_id)
+    if records is not None:
+        records.put(layer, key, info)
+    log.info(f"{layer.name}: {tags[0]} ({content_tag}) sha256:{image_id}")
+    return BuiltImage(tags[0], info, layer)
+
+
+@dataclass(frozen=True)
+class BootstrapRecipe:
+    name: str
+    image: str
+    suite: str
+    mirror: str
+    variant: str
+    components: tuple[str, ...]
+    include: tuple[str, ...]
+    setup_hooks: tuple[str, ...]
+    changes: tuple[str, ...]
+
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+_RECIPE_KEYS = {"tool", "image", "suite", "mirror", "variant", "components", "include", "setup_hooks",
+                "changes", "description"}
+_RECIPE_NEEDS = "a bootstrap.yaml needs at least 'image: NAME:TAG' and 'suite: SUITE' (see Containerfiles/README.md)"
+
+
+def load_recipe(recipe_dir: Path) -> BootstrapRecipe:
+    path = recipe_dir / "bootstrap.yaml"
+    if not path.is_file():
+        raise UserError(f"{shown(recipe_dir)}: no bootstrap.yaml",
+                        hint="recipes live in Containerfiles/<name>/bootstrap.yaml; see Containerfiles/README.md")
+    data = load_yaml_mapping(path, needs=_RECIPE_NEEDS)
+    for key in data:
+        if key not in _RECIPE_KEYS:
+            raise UserError(f"{shown(path)}: unknown key '{key}'",
+                            hint=f"known keys: {', '.join(sorted(_RECIPE_KEYS))}")
+    if data.get("tool", "mmdebstrap") != "mmdebstrap":
+        raise UserError(f"{shown(path)}: tool {data['tool']!r} is not supported", hint="use tool: mmdebstrap")
+    for key in ("image", "suite"):
+        if key not in data:
+            raise UserError(f"{shown(path)}: '{key}' is required", hint=_RECIPE_NEEDS)
+    suite, mirror = _recipe_value(path, data, "suite", ""), _recipe_value(path, data, "mirror", DEFAULT_MIRROR)
+    for key, value in (("suite", suite), ("mirror", mirror)):
+        if not value or value.startswith("-"):
+            raise UserError(f"{shown(path)}: {key}: {value!r} is not valid",
+                            hint="e.g. suite: bookworm, mirror: http://deb.debian.org/debian")
+    return BootstrapRecipe(
+        name=recipe_dir.name, image=check_ref(_recipe_value(path, data, "image", ""), where=f"{shown(path)}: image:"),
+        suite=suite, mirror=mirror, variant=_recipe_value(path, data, "variant", "minbase"),
+        components=_recipe_value(path, data, "components", ("main",)),
+        include=_recipe_value(path, data, "include", ()), setup_hooks=_recipe_value(path, data, "setup_hooks", ()),
+        changes=_recipe_value(path, data, "changes", ()),
+    )
+
+
+def _recipe_value(path: Path, data: dict[str, Any], key: str, default: Any) -> Any:
+    """data[key] (or default) when it is of default's kind: a string, or a list of strings (as a tuple)."""
+    value = data.get(key, default)
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        kind = "a string"
+    else:
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        kind = "a list of strings"
+    raise UserError(f"{shown(path)}: '{key}' must be {kind}, not {value!r}",
+                    hint="quote values YAML reads as something else ('yes', '12'); see Containerfiles/README.md")
+
+
+def bootstrap(recipe_dir: Path, engine: Engine, *, workdir: Path, expected_ref: str | None = None) -> str:
+    """mmdebstrap -> rootfs tar -> engine import. No registry needed; SOURCE_DATE_EPOCH is honoured."""
+    recipe = load_recipe(recipe_dir)
+    if expected_ref and expected_ref != recipe.image:
+        raise UserError(f"{recipe_dir}/bootstrap.yaml makes '{recipe.image}', but the layer wants "
+                        f"'{expected_ref}'", hint="make the layer's `from:` and the recipe's `image:` agree")
+    workdir.mkdir(parents=True, exist_ok=True)
+    tarball = workdir / f"bootstrap-{recipe.name}.tar"
+    argv = ["mmdebstrap", f"--variant={recipe.variant}", f"--components={','.join(recipe.components)}",
+            "--format=tar"]
+    if recipe.include:
+        argv.append(f"--include={','.join(recipe.include)}")
+    for hook in recipe.setup_hooks:
+        argv.append(f"--customize-hook={hook}")
+    argv += [recipe.suite, str(tarball), recipe.mirror]
+    with log.step(f"Bootstrapping {recipe.image} from {recipe.mirror} ({recipe.suite})"):
+        try:
+            run(argv, step="mmdebstrap", hint="check that the mirror is reachable (apt-get update works) "
+                "and that mmdebstrap is installed (apt-get install mmdebstrap)")
+            image_id = engine.import_tarball(tarball, recipe.image, list(recipe.changes))
+        finally:
+            tarball.unlink(missing_ok=True)
+    log.info(f"bootstrapped {recipe.image} sha256:{image_id}")
+    return image_id
+
+
+def source_date_epoch(default: int) -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise UserError(f"SOURCE_DATE_EPOCH='{value}' is not a number of seconds",
+                        hint="unset it or set it to e.g. $(git log -1 --format=%ct)")
+    return int(value)

@@ -1,0 +1,289 @@
+"""Thin typer commands. Domain errors become messages and exit codes here and nowhere else."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__, log, userns
+from .errors import CommandError, OpenOSError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Turn OCI container images into OS images: disks, live ISOs, KIS, WSL, archives.")
+
+_state: dict[str, object] = {}
+
+EngineOpt = Annotated[str | None, typer.Option("--engine", help="podman | buildah | docker (default: detect)")]
+TlsOpt = Annotated[bool, typer.Option("--tls-verify/--no-tls-verify", help="verify the registry's TLS")]
+AuthOpt = Annotated[str | None, typer.Option("--authfile", help="engine auth file (default: the engine's)")]
+
+
+def workdir() -> Path:
+    return Path(str(_state.get("workdir") or os.environ.get("OPENOS365_WORKDIR") or ".openos365")).resolve()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show every command and its output")] = False,
+    json_events: Annotated[bool, typer.Option("--json", help="progress as JSON lines on stderr")] = False,
+    work: Annotated[Path | None, typer.Option("--workdir", help="cache and scratch space "
+                                                 "(default: ./.openos365 or $OPENOS365_WORKDIR)")] = None,
+) -> None:
+    log.configure(verbose=verbose, json_events=json_events)
+    _state["workdir"] = work
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+@app.command()
+def bootstrap(
+    recipe: Annotated[str, typer.Argument(help="a recipe under Containerfiles/ (e.g. debian-bookworm) or its path")]
+    = "debian-bookworm",
+    engine: EngineOpt = None,
+) -> None:
+    """Make a base image from a distribution archive (mmdebstrap -> OCI image); no registry needed."""
+    from . import build, tools
+    from .engine import detect
+
+    tools.require(["mmdebstrap"], purpose="bootstrap")
+    path = Path(recipe) if Path(recipe).is_dir() else Path("Containerfiles") / recipe
+    image_id = build.bootstrap(path, detect(engine), workdir=workdir())
+    log.done(f"bootstrapped sha256:{image_id}")
+
+
+@app.command("build")
+def build_cmd(
+    layer: Annotated[Path, typer.Argument(help="layer directory, e.g. layers/server")],
+    engine: EngineOpt = None,
+    cache_registry: Annotated[str | None, typer.Option(help="registry repository shared as a layer cache "
+                                                          "(--cache-from and --cache-to)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild every step")] = False,
+) -> None:
+    """Build a layer and its parents (parents first; unchanged layers are cache hits)."""
+    from .build import build_layer_chain
+    from .engine import detect
+
+    built = build_layer_chain(layer, detect(engine), cache_from=cache_registry, cache_to=cache_registry,
+                              no_cache=no_cache, workdir=workdir())
+    log.done(f"built {built.ref} sha256:{built.info.id}")
+
+
+@app.command()
+def layers(root: Annotated[Path, typer.Argument(help="the layers directory")] = Path("layers"),
+           engine: EngineOpt = None) -> None:
+    """Show the layer tree: parent, image, and whether it is built."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    from .engine import detect
+    from .layers import all_layers
+
+    found = all_layers(root)
+    eng = detect(engine)
+    nodes: dict[str | None, Tree] = {}
+    top = Tree(str(root))
+    pending = list(found)
+    while pending:
+        progressed = False
+        for layer in list(pending):
+            if layer.parent is None or layer.parent in nodes:
+                parent_node = nodes.get(layer.parent, top)
+                built = "built" if eng.exists(layer.ref) else "not built"
+                origin = f" from {layer.base_image}" if layer.base_image else ""
+                nodes[layer.name] = parent_node.add(escape(f"{layer.name}: {layer.ref} [{built}]{origin}"))
+                pending.remove(layer)
+                progressed = True
+        if not progressed:
+            for layer in pending:
+                top.add(escape(f"{layer.name}: parent '{layer.parent}' missing or in a cycle"))
+            break
+    log.console.print(top)
+
+
+def _formats_help() -> str:
+    from .exporters import EXPORTERS
+
+    return ", ".join(EXPORTERS)
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="layer dir, image ref, docker://REF, oci-archive:FILE, ...")],
+    to: Annotated[str, typer.Option("--to", "-t", help=_formats_help())],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output directory")] = Path("out"),
+    name: Annotated[str | None, typer.Option(help="artifact base name (default: layer name)")] = None,
+    size: Annotated[str | None, typer.Option(help="disk size, e.g. 4G (default: content + headroom)")] = None,
+    firmware: Annotated[str | None, typer.Option(help="bios | uefi | both")] = None,
+    kernel_cmdline: Annotated[str | None, typer.Option(help="extra kernel command line")] = None,
+    hostname: Annotated[str | None, typer.Option(help="host name of the system")] = None,
+    user: Annotated[str | None, typer.Option(help="create this user (sudo rights)")] = None,
+    ssh_key: Annotated[Path | None, typer.Option(help="public key file for --user (or root)")] = None,
+    compression: Annotated[str | None, typer.Option(help="zstd | xz | gzip | none")] = None,
+    rootfs: Annotated[str | None, typer.Option(help="KIS root filesystem: squashfs | ext4 | erofs")] = None,
+    label: Annotated[str | None, typer.Option(help="ISO volume label")] = None,
+    publisher: Annotated[str | None, typer.Option(help="ISO publisher field")] = None,
+    wsl_format: Annotated[str | None, typer.Option(help="tar.gz | wsl")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="make the artifact anew, even when an earlier "
+                                           "export of the same image with the same options can be reused")] = False,
+    engine: EngineOpt = None,
+    tls_verify: TlsOpt = True,
+) -> None:
+    """Export an image to an artifact: `openos365 export --to qcow2 layers/server`."""
+    from .config import parse_size
+    from .export import run_export
+
+    overrides = {
+        "size": parse_size(size, where="--size") if size else None, "firmware": firmware,
+        "kernel_cmdline": kernel_cmdline, "hostname": hostname, "user": user,
+        "ssh_key": str(ssh_key) if ssh_key else None, "compression": compression, "rootfs": rootfs,
+        "label": label, "publisher": publisher, "wsl_format": wsl_format, "name": name,
+    }
+    run_export(source, to, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
+               tls_verify=tls_verify, no_cache=no_cache)
+
+
+@app.command()
+def test(
+    artifact: Annotated[Path, typer.Argument(help="a disk image, an ISO, or a KIS directory/.append file")],
+    firmware: Annotated[str, typer.Option(help="bios | uefi")] = "bios",
+    as_: Annotated[str | None, typer.Option("--as", help="ISO medium: cdrom | usb | disk")] = None,
+    grow: Annotated[str | None, typer.Option(help="boot a copy enlarged by this much (e.g. 2G) and check "
+                                                "that root grew")] = None,
+    timeout: Annotated[int, typer.Option(help="seconds to wait for the boot")] = 600,
+    memory: Annotated[str, typer.Option(help="guest memory")] = "1536M",
+    boots: Annotated[int, typer.Option(min=1, help="boot the same disk this many times (later boots must change "
+                                       "nothing)")] = 1,
+) -> None:
+    """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
+    from .config import parse_size
+    from .qemu import BootRequest, boot_test
+
+    report = boot_test(BootRequest(artifact=artifact, firmware=firmware, medium=as_,
+                                   grow=parse_size(grow, where="--grow") if grow else None,
+                                   timeout=timeout, memory=memory, workdir=workdir(), boots=boots))
+    for key, value in report.fields.items():   # what the booted system said, for --verbose and --json
+        log.note(f"report: {key}={value}")
+    log.done(report.summary())
+
+
+@app.command()
+def doctor() -> None:
+    """List the host tools each command needs, what is missing, and the package that provides it."""
+    from .doctor import run_doctor
+
+    if not run_doctor():
+        raise typer.Exit(1)
+
+
+@app.command()
+def pull(ref: Annotated[str, typer.Argument(help="image reference, e.g. 127.0.0.1:5000/openos365/base:latest")],
+         engine: EngineOpt = None, tls_verify: TlsOpt = True, authfile: AuthOpt = None) -> None:
+    """Pull an image into the engine's store."""
+    from .engine import detect
+
+    eng = detect(engine)
+    eng.pull(ref.removeprefix("docker://"), tls_verify=tls_verify, authfile=authfile)
+    log.done(f"pulled {ref} sha256:{eng.inspect(ref.removeprefix('docker://')).id}")
+
+
+@app.command()
+def push(
+    source: Annotated[str, typer.Argument(help="layer dir (built first) or local image ref")],
+    targets: Annotated[list[str], typer.Argument(help="one or more host/repo:tag")],
+    engine: EngineOpt = None, tls_verify: TlsOpt = True, authfile: AuthOpt = None,
+) -> None:
+    """Push an image (building a layer chain first) to one or more registries."""
+    from .sources import resolve_image
+
+    ref, eng, _, _ = resolve_image(source, engine_name=engine, workdir=workdir(), pull=False)
+    for target in targets:
+        eng.push(ref, target.removeprefix("docker://"), tls_verify=tls_verify, authfile=authfile)
+        log.info(f"pushed {target}")
+    log.done(f"pushed {ref} to {len(targets)} target(s)")
+
+
+@app.command()
+def inspect(source: Annotated[str, typer.Argument(help="layer dir or image ref")], engine: EngineOpt = None) -> None:
+    """Print what openos365 finds in an image: kernel, initrd, boot loader files, live support."""
+    import json
+
+    from .boot import describe_tree
+    from .sources import resolve
+
+    src = resolve(source, engine_name=engine, workdir=workdir())
+    print(json.dumps({"image_id": src.image_id, "name": src.name, **describe_tree(src.tree)}, indent=2))
+
+
+def main() -> None:
+    try:
+        if userns.wants_userns(sys.argv[1:]):
+            sys.exit(userns.reexec(sys.argv[1:]))
+        app(standalone_mode=False)
+    except OpenOSError as exc:
+        _report(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        log.console.print("[red]interrupted[/red]")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # usage errors of the CLI framework (typer vendors click: match by behaviour, not by import)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":
+            sys.exit(1)
+        _report_unexpected(exc)
+        sys.exit(1)
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some space there, or choose another place (-o, --workdir)",
+    errno.EACCES: "check the permissions of that path, or choose another place (-o, --workdir)",
+    errno.EPERM: "check the permissions of that path, or choose another place (-o, --workdir)",
+    errno.EROFS: "that file system is read-only; choose another place (-o, --workdir)",
+    errno.ENOENT: "check that the path exists",
+}
+
+
+def _report_unexpected(exc: Exception) -> None:
+    """An OSError is about a path or the system (no space, no permission); anything else is a bug. Either
+    way one line says what happened; the traceback, which helps a bug report, is for --verbose."""
+    if log.is_verbose():
+        traceback.print_exception(exc)
+    if isinstance(exc, OSError):
+        paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        text = (exc.strerror or str(exc) or type(exc).__name__) + (f": {paths}" if paths else "")
+        hint = _OS_HINTS.get(exc.errno or 0, "rerun with --verbose for the traceback")
+    else:
+        text = f"internal error: {type(exc).__name__}: {exc}"
+        hint = "rerun with --verbose for the traceback and report it"
+    _report(OpenOSError(" ".join(text.split()), hint=hint))
+
+
+def _report(exc: OpenOSError) -> None:
+    from rich.markup import escape
+
+    log.console.print(f"[bold red]error:[/bold red] {escape(exc.message)}", highlight=False)
+    if isinstance(exc, CommandError) and exc.tail:
+        log.console.print("[dim]last lines of its output:[/dim]")
+        for line in exc.tail[-15:]:
+            log.console.out(f"  {line}", highlight=False)
+    if exc.hint:
+        log.console.print(f"[bold]hint:[/bold] {escape(exc.hint)}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

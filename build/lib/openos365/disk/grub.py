@@ -1,0 +1,95 @@
+"""GRUB without grub-install: images made by grub-mkimage, written into place by us.
+
+Used by disks (BIOS core.img in the BIOS boot partition + boot.img in the MBR; BOOTX64.EFI on the ESP)
+and by live ISOs (i386-pc-eltorito + an EFI image). grub-mkimage output is deterministic; grub-mkrescue
+and grub-mkstandalone are not (their memdisk stores the current time).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runner import run
+
+# core.img must find /boot/grub on the root filesystem; normal.mod and the rest load from there.
+DISK_BIOS_MODULES = ["biosdisk", "part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"]
+DISK_EFI_MODULES = ["part_gpt", "part_msdos", "fat", "ext2", "search", "search_fs_uuid", "normal", "configfile",
+                    "linux", "echo", "serial", "terminal", "efi_gop", "all_video", "gzio", "test"]
+# Live media: everything embedded, so GRUB needs nothing but the ISO9660 filesystem.
+LIVE_MODULES = ["part_gpt", "part_msdos", "iso9660", "fat", "ext2", "search", "search_label", "search_fs_file",
+                "search_fs_uuid", "normal", "configfile", "linux", "echo", "serial", "terminal", "test", "gzio",
+                "all_video", "sleep", "ls", "cat"]
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    title: str
+    kernel: str        # path as GRUB sees it on the device `root` points at
+    initrd: str
+    cmdline: str
+
+
+def config(entries: list[MenuEntry], *, search: str, timeout: int = 3) -> str:
+    """grub.cfg: menu on the serial console and the screen; the first entry boots after `timeout`."""
+    lines = [
+        f"set timeout={timeout}",
+        "set default=0",
+        "serial --unit=0 --speed=115200",
+        "terminal_input serial console",
+        "terminal_output serial console",
+        search,
+        "",
+    ]
+    for entry in entries:
+        lines += [
+            f'menuentry "{entry.title}" {{',
+            "  insmod gzio",
+            f"  linux {entry.kernel} {entry.cmdline}".rstrip(),
+            f"  initrd {entry.initrd}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def search_by_uuid(fs_uuid: str) -> str:
+    return f"search --no-floppy --fs-uuid --set=root {fs_uuid}"
+
+
+def search_by_label(label: str) -> str:
+    return f"search --no-floppy --label --set=root {label}"
+
+
+def early_config(search: str, path: Path) -> Path:
+    """The config embedded in a GRUB image: find the root and the prefix with grub.cfg."""
+    path.write_text(f"{search}\nset prefix=($root)/boot/grub\n")
+    return path
+
+
+def mkimage(*, fmt: str, module_dir: Path, early_cfg: Path, output: Path, modules: list[str]) -> Path:
+    run(["grub-mkimage", "-O", fmt, "-d", str(module_dir), "-c", str(early_cfg), "-p", "/boot/grub",
+         "-o", str(output), *modules], step=f"grub-mkimage {fmt}", capture=True)
+    return output
+
+
+BIOS_CORE_MAX = 1024 * 1024 - 512  # the BIOS boot partition is 1 MiB
+
+
+def install_bios(image: Path, *, core_img: Path, boot_img: Path, core_lba: int) -> None:
+    """What grub-install does for BIOS/GPT, on a file: core.img into the BIOS boot partition, boot.img's
+    boot code into the MBR (the protective partition table after byte 440 is kept), and two pointers."""
+    core = core_img.read_bytes()
+    if len(core) > BIOS_CORE_MAX:
+        raise ValueError(f"core.img is {len(core)} bytes; the BIOS boot partition holds {BIOS_CORE_MAX}")
+    with open(image, "r+b") as disk:
+        disk.seek(core_lba * 512)
+        disk.write(core)
+        # diskboot.img (first sector of core.img) loads the rest from this blocklist start
+        disk.seek(core_lba * 512 + 0x1F4)
+        disk.write(struct.pack("<Q", core_lba + 1))
+        disk.seek(0)
+        disk.write(boot_img.read_bytes()[:440])
+        # GRUB_BOOT_MACHINE_KERNEL_SECTOR: where boot.img finds core.img
+        disk.seek(0x5C)
+        disk.write(struct.pack("<Q", core_lba))

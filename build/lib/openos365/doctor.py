@@ -1,0 +1,61 @@
+"""`openos365 doctor`: what each command needs on this host, and how to get what is missing."""
+
+from __future__ import annotations
+
+import os
+
+from rich.table import Table
+
+from . import log, tools, userns
+from .runner import which
+
+
+def needs() -> dict[str, list[str]]:
+    """Each command and the host tools it needs; the export rows come from the exporters' own table."""
+    from .exporters import EXPORTERS
+
+    by_tools: dict[tuple[str, ...], list[str]] = {}
+    for fmt, exporter in EXPORTERS.items():
+        by_tools.setdefault(tuple(dict.fromkeys(exporter.every_tool())), []).append(fmt)
+    exports = {f"export --to {'/'.join(fmts)}": list(needed) for needed, fmts in by_tools.items()}
+    return {"build": ["podman"], "bootstrap": ["mmdebstrap", "podman"], **exports,
+            "pull / push": ["podman", "skopeo"], "test": ["qemu-system-x86_64", "qemu-img"]}
+
+
+def run_doctor() -> bool:
+    table = Table(title="openos365 host check")
+    table.add_column("command")
+    table.add_column("tool")
+    table.add_column("status")
+    table.add_column("install (Debian / Fedora / openSUSE)")
+    ok = True
+    for command, commands in needs().items():
+        for name in commands:
+            tool = tools.TOOLS[name]
+            found = which(name)
+            ok = ok and bool(found)
+            table.add_row(command, name, f"[green]{found}[/green]" if found else "[red]missing[/red]",
+                          "" if found else f"{tool.debian} / {tool.fedora} / {tool.opensuse}")
+    log.console.print(table)
+    version = tools.e2fsprogs_version()
+    if version is not None and not tools.reproducible_ext4():
+        log.warn(f"e2fsprogs {'.'.join(map(str, version))} < 1.47.1: ext4 disks are not byte-reproducible "
+                 "(Debian 12: apt-get install -t bookworm-backports e2fsprogs)")
+    if not any(os.path.exists(p) for p in tools.OVMF_CODE_CANDIDATES):
+        log.warn("no OVMF firmware: `openos365 test --firmware uefi` needs it (Debian: ovmf, Fedora: edk2-ovmf)")
+    engines = [e for e in ("podman", "buildah", "docker") if which(e)]
+    log.info(f"container engines found: {', '.join(engines) or 'none'}")
+    log.info(f"KVM: {'usable' if os.access('/dev/kvm', os.R_OK | os.W_OK) else 'not available'} "
+             "(boot tests fall back to TCG)")
+    log.info(rootless_line())
+    return ok
+
+
+def rootless_line() -> str:
+    """Whether this user's exports can keep the image's owners (root, or a user namespace), and why not."""
+    if os.geteuid() == 0:
+        return "rootless: running as root (a normal user's exports run in podman's user namespace)"
+    ready = userns.readiness()
+    if ready.engine is None:
+        return f"rootless: NOT ready: {ready.problem}; fix: {ready.hint}"
+    return f"rootless: ready ({ready.engine} unshare; subordinate ids in /etc/subuid and /etc/subgid)"

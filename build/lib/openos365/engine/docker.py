@@ -1,0 +1,87 @@
+"""docker: builds through the daemon (BuildKit), no isolation flag; OCI archives go through skopeo."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import CommandError
+from ..runner import run, succeeds
+from .base import BuildRequest, BuildWatch, Engine, ImageInfo, check_ref, parse_created, registry_error
+
+
+class Docker(Engine):
+    name = "docker"
+    binary = "docker"
+    package = "docker.io"
+
+    def _build_argv(self, request: BuildRequest, iidfile: str) -> list[str]:
+        argv = ["docker", "build", f"--iidfile={iidfile}", "-f", str(request.containerfile)]
+        for tag in request.tags:
+            argv += ["-t", tag]
+        for key, value in sorted(request.build_args.items()):
+            argv += ["--build-arg", f"{key}={value}"]
+        if request.cache_from:
+            argv.append(f"--cache-from=type=registry,ref={request.cache_from}")
+        if request.cache_to:
+            argv.append(f"--cache-to=type=registry,ref={request.cache_to},mode=max")
+        if request.no_cache:
+            argv.append("--no-cache")
+        return [*argv, "--", str(request.context)]
+
+    def build(self, request: BuildRequest, on_line: Callable[[str], None] | None = None) -> str:
+        watch = BuildWatch(on_line)
+        with tempfile.TemporaryDirectory(prefix="openos365-build-") as tmp:
+            iidfile = os.path.join(tmp, "iid")
+            try:
+                run(self._build_argv(request, iidfile), on_line=watch)
+            except CommandError as exc:
+                raise watch.error(exc, request.containerfile) from exc
+            return Path(iidfile).read_text().strip().removeprefix("sha256:")
+
+    def exists(self, ref: str) -> bool:
+        return succeeds(["docker", "image", "inspect", "--", check_ref(ref)])
+
+    def inspect(self, ref: str) -> ImageInfo:
+        data = self._json(["docker", "image", "inspect", "--", check_ref(ref)])[0]
+        digests = data.get("RepoDigests") or []
+        return ImageInfo(id=data["Id"].removeprefix("sha256:"), names=tuple(data.get("RepoTags") or ()),
+                         created=parse_created(data["Created"]), config=data.get("Config") or {},
+                         digest=digests[0].split("@")[-1] if digests else None)
+
+    def tag(self, ref: str, target: str) -> None:
+        run(["docker", "tag", "--", check_ref(ref), check_ref(target)], capture=True)
+
+    def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
+        check_ref(ref)
+        if fmt == "docker-archive":
+            if name and name != ref:
+                self.tag(ref, name)
+            run(["docker", "save", "-o", str(path), "--", name or ref], capture=True, step="docker save")
+        else:
+            dest = f"oci-archive:{path}" + (f":{check_ref(name)}" if name else "")
+            run(["skopeo", "copy", "--", f"docker-daemon:{ref}", dest], capture=True, step="save oci-archive")
+
+    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
+        argv = ["docker", "import"]
+        for change in changes:
+            argv += ["--change", change]
+        return run([*argv, "--", str(path), check_ref(ref)], capture=True).stdout.strip().removeprefix("sha256:")
+
+    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+        try:
+            # TLS and credentials: the daemon's config
+            run(["docker", "pull", "--", check_ref(ref)], step=f"pull {ref}")
+        except CommandError as exc:
+            raise registry_error(exc, "pull", ref) from exc
+
+    def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+        check_ref(ref)
+        if dest != ref:
+            self.tag(ref, dest)
+        try:
+            run(["docker", "push", "--", check_ref(dest)], step=f"push {dest}")
+        except CommandError as exc:
+            raise registry_error(exc, "push to", dest) from exc

@@ -1,0 +1,143 @@
+"""The export pipeline: validate, check tools, resolve the source, run the exporter, publish atomically."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, dpkg, log, tools, userns
+from .artifacts import describe, forget_manifest_entry, remove_abandoned, sha256_of, write_checksum, write_manifest
+from .errors import UserError
+from .exporters import EXPORTERS, ExportContext, Exporter
+from .imagetree import ImageTree
+from .reuse import ArtifactCache, export_key
+from .rootfs import private_dir, remove_tree
+from .sources import Source, resolve, with_tree
+
+
+def get_exporter(fmt: str) -> Exporter:
+    if fmt not in EXPORTERS:
+        raise UserError(f"unknown output format '--to {fmt}'", hint=f"use one of: {', '.join(EXPORTERS)}")
+    return EXPORTERS[fmt]
+
+
+def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, dry_run: bool,
+               engine_name: str | None, workdir: Path, tls_verify: bool = True, no_cache: bool = False) -> list[Path]:
+    exporter = get_exporter(fmt)
+    outdir = outdir.resolve()
+    if dry_run:
+        return _dry_run(spec, exporter, outdir, overrides)
+    _check_output_dir(outdir)
+    preview = _preview_options(spec, overrides)
+    exporter.validate(preview)
+    tools.require(exporter.required_tools(preview), purpose=f"--to {fmt}")
+    started = time.monotonic()
+    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify, flatten=False)
+    options = source.defaults.merged(overrides)
+    if options.ssh_key and not Path(options.ssh_key).is_file():
+        raise UserError(f"--ssh-key {options.ssh_key}: no such file", hint="give the path of a public key (*.pub)")
+    name = options.name or source.name
+    scratch_prefix = f".openos365-work-{name}-{fmt}-"
+    remove_abandoned(outdir, scratch_prefix)    # what a killed export of this artifact left, whatever comes next
+    versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
+    cache = ArtifactCache(workdir)
+    key = export_key(source.image_id, source.epoch, fmt, name, options, versions, userns.mode())
+    reused = None if no_cache else cache.fetch(key, outdir)
+    if reused is not None:
+        return _publish_reused(spec, source, fmt, name, outdir, *reused, started)
+    if not exporter.needs_engine:
+        source = with_tree(source, workdir)
+    scratch = private_dir(outdir / f"{scratch_prefix}{os.getpid()}")
+    ctx = ExportContext(source=source, options=options, outdir=outdir, scratch=scratch)
+    forget_manifest_entry(outdir, f"{name}.{fmt}")
+    try:
+        with log.step(f"Exporting {spec} to {fmt}"):
+            paths, details = exporter.export(ctx)
+    finally:
+        remove_tree(scratch)
+    files = [p for p in paths if p.is_file()]
+    for path in files:
+        write_checksum(path)
+    manifest = _manifest(source, fmt, options, files, details, versions)
+    write_manifest(outdir, f"{name}.{fmt}", manifest)
+    cache.store(key, paths, manifest)
+    log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
+    return paths
+
+
+def _publish_reused(spec: str, source: Source, fmt: str, name: str, outdir: Path, paths: list[Path],
+                    manifest: dict[str, Any], started: float) -> list[Path]:
+    """An earlier export's artifacts (checksums verified) published again, with their manifest entry."""
+    for path in paths:
+        write_checksum(path, manifest["files"][path.name]["sha256"])
+    write_manifest(outdir, f"{name}.{fmt}", {**manifest, "source": spec, "image_ref": source.ref, "reused": True})
+    log.done(f"reused {describe(paths)}: same image, options and tools as an earlier export "
+             f"({time.monotonic() - started:.1f}s; --no-cache makes it anew)")
+    return paths
+
+
+def _check_output_dir(outdir: Path) -> None:
+    """Fail before any build work when -o is a file or a place nothing can be written (a probe, not the
+    permission bits: those do not stop root, and a read-only or pseudo file system stops everyone)."""
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"-o {outdir}: is a file, not a directory",
+                        hint="choose a directory for the artifacts (it is created when missing)")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=outdir).close()
+    except OSError as exc:
+        raise UserError(f"-o {outdir}: cannot write there ({exc.strerror or exc})",
+                        hint="choose a directory you may write to, e.g. -o out") from exc
+
+
+def _preview_options(spec: str, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from .config import ExportOptions
+    from .layers import is_layer_dir
+
+    defaults = ExportOptions()
+    if is_layer_dir(Path(spec)):
+        from .config import load_layer
+
+        defaults = load_layer(Path(spec)).export
+    return defaults.merged(overrides)
+
+
+def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, Any]) -> list[Path]:
+    options = _preview_options(spec, overrides)
+    from .sources import name_from_ref
+
+    exporter.validate(options)
+    default_name = Path(spec).name if Path(spec).is_dir() else name_from_ref(spec)
+    placeholder = Source(spec=spec, name=options.name or default_name,
+                         image_id="<image id>", ref=None, tree=Path("<flattened tree>"), epoch=0, config={},
+                         layer=None, engine=None)
+    ctx = ExportContext(source=placeholder, options=options, outdir=outdir, scratch=outdir / ".work")
+    log.info(f"plan for --to {exporter.name} {spec}:")
+    log.info(f"  1. build or find {spec} and flatten it (cached by image id)")
+    for number, line in enumerate(exporter.plan(ctx), 2):
+        log.info(f"  {number}. {line}")
+    absent = tools.missing(exporter.required_tools(options))
+    if absent:
+        log.warn("missing tools: " + ", ".join(f"{t.command} ({t.debian})" for t in absent))
+    return []
+
+
+def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details: dict[str, Any],
+              versions: dict[str, str | None]) -> dict[str, Any]:
+    opts = {k: v for k, v in vars(options).items() if v is not None}
+    return {
+        "format": fmt,
+        "source": source.spec,
+        "image_id": f"sha256:{source.image_id}",
+        "image_ref": source.ref,
+        "source_date_epoch": source.epoch,
+        "options": opts,
+        "files": {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in files},
+        "packages": dpkg.installed_packages(ImageTree(source.tree)) if source.tree else [],
+        "tools": {"openos365": __version__, "python": platform.python_version(), **versions},
+        **details,
+    }

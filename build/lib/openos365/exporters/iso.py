@@ -1,0 +1,258 @@
+"""--to iso: a hybrid live ISO that boots as a CD and as a USB stick, under BIOS and UEFI.
+
+The root tree goes into a squashfs; the image's own initrd boots it live with a writable overlay in RAM
+(Debian live-boot: /live/filesystem.squashfs + boot=live; dracut dmsquash-live: /LiveOS/squashfs.img +
+root=live:CDLABEL=). GRUB images are made by grub-mkimage (deterministic; grub-mkrescue and
+grub-mkstandalone are not): i386-pc-eltorito for BIOS El Torito, x86_64-efi in a small FAT image that is
+both the UEFI El Torito image and GPT partition 2 (type EF00), and GRUB's boot_hybrid.img as the MBR so
+the file written raw to a USB stick boots too. No loop devices, no mounts: mksquashfs, mkfs.vfat + mtools,
+xorriso. Times come from SOURCE_DATE_EPOCH, so the same image and options give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import boot, log
+from ..artifacts import atomic_path
+from ..disk import grub
+from ..disk.filesystems import fat_copy, mkfs_vfat
+from ..errors import UserError
+from ..imagetree import ImageTree
+from ..rootfs import clamp_mtimes, copy_tree
+from ..runner import run
+from .base import ExportContext, Exporter
+
+# where each live initrd looks for the kernel, the initrd and the root image on the medium
+LIVE_LAYOUT = {
+    "live-boot": ("live", "filesystem.squashfs"),
+    "dmsquash-live": ("LiveOS", "squashfs.img"),
+}
+# zstd level 9: mksquashfs' default level (15) is 10x slower for 4 % less size
+SQUASHFS_COMPRESSION: dict[str | None, list[str]] = {
+    None: ["-comp", "zstd", "-Xcompression-level", "9"],
+    "zstd": ["-comp", "zstd", "-Xcompression-level", "9"],
+    "xz": ["-comp", "xz"],
+    "gzip": ["-comp", "gzip"],
+    "none": ["-noI", "-noId", "-noD", "-noF", "-noX"],
+}
+# The live root is an overlay the initrd sets up: nothing here may mount / by UUID (live-boot appends its
+# own `overlay / overlay rw` line at boot).
+LIVE_FSTAB = "# written by openos365: the initrd sets up the root file system; nothing else to mount\n"
+GRUB_TIMEOUT = 3
+EFI_MODULES = [*grub.LIVE_MODULES, "efi_gop"]
+BIOS_MODULES = [*grub.LIVE_MODULES, "biosdisk"]
+
+
+# --- what the image must bring --------------------------------------------------------------------------
+
+def live_kind(tree: Path) -> str:
+    """live-boot or dmsquash-live; a UserError saying what to add to the layer when the image has neither."""
+    kind = boot.live_support(tree)
+    if kind is not None:
+        return kind
+    family = os_family(tree)
+    debian = ("add live-boot to the layer (Debian/Ubuntu: `apt-get install live-boot`; the package rebuilds "
+              "the initrd)")
+    dracut = ("add dracut's dmsquash-live module to the layer (Fedora: `dnf install dracut-live`, then "
+              "`add_dracutmodules+=\" dmsquash-live \"` in /etc/dracut.conf.d/ and rebuild the initrd with "
+              "`dracut --regenerate-all -f`)")
+    hint = debian if family == "debian" else dracut if family == "dracut" else f"{debian}; or {dracut}"
+    raise UserError("the image cannot boot live: its initrd has neither Debian's live-boot nor dracut's "
+                    "dmsquash-live (openos365 does not patch an image's initrd)", hint=hint)
+
+
+def os_family(tree: Path) -> str | None:
+    """'debian' (live-boot) or 'dracut' (Fedora and friends) from os-release ID/ID_LIKE; None if unknown."""
+    fields = boot.os_release(tree)
+    words = set(fields.get("ID", "").split()) | set(fields.get("ID_LIKE", "").split())
+    if words & {"debian", "ubuntu"}:
+        return "debian"
+    if words & {"fedora", "rhel", "centos", "suse", "opensuse", "arch"}:
+        return "dracut"
+    return None
+
+
+def squashfs_only(options: Any) -> None:
+    if options.rootfs != "squashfs":
+        log.warn(f"--rootfs {options.rootfs} applies to --to kis; a live ISO's root image is squashfs "
+                 "(what live-boot and dmsquash-live read)")
+
+
+# --- the root tree and its squashfs (shared with --to kis) ------------------------------------------------
+
+def prepare_tree(ctx: ExportContext) -> tuple[ImageTree, dict[str, Any]]:
+    """A private copy of the tree for a root that is not the partitioned disk (live ISO, KIS): no identity,
+    the host name, no UUID fstab, no repart config (systemd-repart fails on a live root)."""
+    options, epoch = ctx.options, ctx.source.epoch
+    tree = ImageTree(ctx.scratch_dir("tree"), "the live tree")
+    copy_tree(ctx.source.tree, tree.root)
+    boot.clear_identity(tree, epoch)
+    boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
+    boot.set_resolver(tree)
+    user = boot.add_user(tree, options.user, options.ssh_key, epoch)
+    if tree.remove_matching("etc/repart.d/*"):
+        log.note("dropped /etc/repart.d from this copy: there is no partition table to grow")
+    tree.write("etc/fstab", LIVE_FSTAB, mtime=epoch)
+    clamp_mtimes(tree.root, epoch)
+    return tree, user
+
+
+def squashfs_argv(tree: Path, output: Path, compression: str | None, epoch: int) -> list[str]:
+    return ["mksquashfs", str(tree), str(output), "-noappend", "-no-progress", "-quiet",
+            *SQUASHFS_COMPRESSION[compression], "-mkfs-time", str(epoch), "-all-time", str(epoch)]
+
+
+def make_squashfs(tree: Path, output: Path, compression: str | None, epoch: int) -> Path:
+    with log.step(f"Compressing the root tree (squashfs, {compression or 'zstd level 9'})"):
+        # mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time: the flags pin the times
+        run(["env", "-u", "SOURCE_DATE_EPOCH", *squashfs_argv(tree, output, compression, epoch)],
+            step="mksquashfs", capture=True)
+        log.info(f"squashfs: {log.human_size(output.stat().st_size)}")
+    return output
+
+
+# --- boot menus ---------------------------------------------------------------------------------------
+
+def live_cmdline(kind: str, label: str, extra: str = "") -> str:
+    live = "boot=live" if kind == "live-boot" else f"root=live:CDLABEL={label} rd.live.image " \
+                                                    "rd.live.overlay.overlayfs=1"
+    return " ".join(filter(None, [live, boot.SERIAL_CONSOLE, extra]))
+
+
+def grub_cfg(kind: str, label: str, title: str, extra: str = "") -> str:
+    """Two entries: the default (boots on its own after GRUB_TIMEOUT s) and one that copies the root to RAM."""
+    directory = LIVE_LAYOUT[kind][0]
+    to_ram = "toram" if kind == "live-boot" else "rd.live.ram=1"
+    kernel, initrd = f"/{directory}/vmlinuz", f"/{directory}/initrd.img"
+    cmdline = live_cmdline(kind, label, extra)
+    entries = [grub.MenuEntry(f"{title} (live)", kernel, initrd, cmdline),
+               grub.MenuEntry(f"{title} (live, copied to RAM)", kernel, initrd, f"{cmdline} {to_ram}")]
+    return grub.config(entries, search=grub.search_by_label(label), timeout=GRUB_TIMEOUT)
+
+
+# --- staging, EFI image, xorriso -----------------------------------------------------------------------
+
+def touch_all(path: Path, epoch: int) -> None:
+    """Every file and directory under path gets the epoch as its time (the ISO records them)."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [*dirnames, *filenames]:
+            os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
+    os.utime(path, (epoch, epoch))
+
+
+def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind: str, early: Path,
+                 grub_dirs: dict[str, Path]) -> Path:
+    """The ISO's files: kernel and initrd where the live initrd looks, GRUB's config, modules, BIOS image."""
+    stage = ctx.scratch_dir("stage")
+    directory = stage / LIVE_LAYOUT[kind][0]
+    directory.mkdir()
+    tree.copy_out(str(kernel.kernel), directory / "vmlinuz")
+    tree.copy_out(str(kernel.initrd), directory / "initrd.img")
+    grub_dir = stage / "boot/grub"
+    grub_dir.mkdir(parents=True)
+    options = ctx.options
+    (grub_dir / "grub.cfg").write_text(grub_cfg(kind, options.label, ctx.name, options.kernel_cmdline))
+    for platform, source in grub_dirs.items():  # for `insmod` in GRUB's shell; the images embed what boots
+        (grub_dir / platform).mkdir()
+        for module in sorted([*source.glob("*.mod"), *source.glob("*.lst")]):
+            shutil.copyfile(module, grub_dir / platform / module.name)
+    grub.mkimage(fmt="i386-pc-eltorito", module_dir=grub_dirs["i386-pc"], early_cfg=early,
+                 output=grub_dir / "bios.img", modules=BIOS_MODULES)
+    touch_all(stage, ctx.source.epoch)
+    return stage
+
+
+def make_efiboot(efi_binary: Path, output: Path, epoch: int) -> Path:
+    """A FAT image holding \\EFI\\BOOT\\BOOTX64.EFI: the UEFI El Torito image and GPT partition 2."""
+    mib = 1 << 20
+    wanted = efi_binary.stat().st_size * 5 // 4 + mib // 2        # FAT tables, directories, slack
+    size = max(2 * mib, -(-wanted // mib) * mib)
+    with open(output, "wb") as fh:
+        fh.truncate(size)
+    mkfs_vfat(output, offset=0, size=size, label="EFIBOOT", fat32=False)
+    fat_copy(output, 0, {"/EFI/BOOT/BOOTX64.EFI": efi_binary}, epoch)
+    os.utime(output, (epoch, epoch))
+    return output
+
+
+def iso_date(epoch: int) -> str:
+    """xorriso's --modification-date: YYYYMMDDhhmmsscc (UTC). GRUB reads it as the ISO's UUID."""
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(epoch)) + "00"
+
+
+def xorriso_argv(*, stage: Path, output: Path, squashfs: Path, squashfs_path: str, efiboot: Path, mbr: Path,
+                 label: str, publisher: str, application: str, epoch: int) -> list[str]:
+    return [
+        "xorriso", "-as", "mkisofs", "-iso-level", "3", "-full-iso9660-filenames", "-joliet", "-joliet-long",
+        "-rational-rock", "-volid", label, "-publisher", publisher, "-appid", application,
+        "-preparer", "openos365", "--modification-date=" + iso_date(epoch), "-output", str(output),
+        # BIOS, CD: El Torito no-emulation image; BIOS, USB stick: GRUB's hybrid MBR loads the same image
+        "-eltorito-boot", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+        "--grub2-boot-info", "--grub2-mbr", str(mbr), "--mbr-force-bootable",
+        "-eltorito-catalog", "boot/grub/boot.cat",
+        # UEFI, CD: El Torito EFI image = the appended FAT; UEFI, USB stick: the same FAT as GPT partition 2
+        "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
+        "-append_partition", "2", "0xef", str(efiboot), "-appended_part_as_gpt",
+        "-graft-points", str(stage), f"{squashfs_path}={squashfs}",
+    ]
+
+
+# --- the exporter -------------------------------------------------------------------------------------
+
+class IsoExporter(Exporter):
+    name = "iso"
+    description = "hybrid live ISO: boots as CD or USB stick, BIOS and UEFI, root in RAM overlay"
+    tools = ("cp", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "xorriso")
+
+    def plan(self, ctx: ExportContext) -> list[str]:
+        options = ctx.options
+        return [
+            "check the image can boot live (live-boot or dracut dmsquash-live in its initrd)",
+            f"copy the tree; hostname {options.hostname or ctx.name}, empty machine-id, no SSH host keys, "
+            "fstab without a root entry, no /etc/repart.d" + (f", user {options.user}" if options.user else ""),
+            f"mksquashfs the tree ({options.compression or 'zstd level 9'}, times pinned to SOURCE_DATE_EPOCH)",
+            f"stage the kernel, initrd and grub.cfg (label {options.label}, serial + screen console, "
+            f"default entry after {GRUB_TIMEOUT}s); grub-mkimage i386-pc-eltorito and x86_64-efi",
+            "mkfs.vfat a small EFI boot image and copy BOOTX64.EFI into it with mtools",
+            "xorriso: El Torito BIOS + UEFI, GRUB hybrid MBR, EFI image appended as GPT partition 2",
+            f"rename to {ctx.outdir / (ctx.name + '.iso')}, write .sha256 and manifest.json",
+        ]
+
+    def export(self, ctx: ExportContext) -> tuple[list[Path], dict[str, Any]]:
+        options, epoch = ctx.options, ctx.source.epoch
+        squashfs_only(options)
+        kernel = boot.find_kernel(ctx.source.tree)
+        kind = live_kind(ctx.source.tree)
+        with log.step("Preparing the live root tree"):
+            tree, user = prepare_tree(ctx)
+        squashfs = make_squashfs(tree.root, ctx.scratch / "root.squashfs", options.compression, epoch)
+        os.utime(squashfs, (epoch, epoch))
+        with log.step("Writing the boot loaders"):
+            work = ctx.scratch_dir("grub")
+            grub_dirs = {p: boot.grub_modules(tree, p, work) for p in ("i386-pc", "x86_64-efi")}
+            early = grub.early_config(grub.search_by_label(options.label), work / "early.cfg")
+            stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs)
+            efi = grub.mkimage(fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"],
+                               early_cfg=early, output=work / "BOOTX64.EFI", modules=EFI_MODULES)
+            efiboot = make_efiboot(efi, work / "efiboot.img", epoch)
+        directory, image_name = LIVE_LAYOUT[kind]
+        final = ctx.outdir / f"{ctx.name}.iso"
+        with log.step("Writing the ISO (xorriso)"), atomic_path(final) as temp:
+            argv = xorriso_argv(stage=stage, output=temp, squashfs=squashfs, squashfs_path=f"/{directory}/"
+                                f"{image_name}", efiboot=efiboot,
+                                mbr=grub_dirs["i386-pc"] / "boot_hybrid.img",
+                                label=options.label, publisher=options.publisher,
+                                application=f"{ctx.name} (openos365)", epoch=epoch)
+            run(argv, step="xorriso", capture=True, env={"SOURCE_DATE_EPOCH": str(epoch)})
+        return [final], {"iso": {
+            "label": options.label, "live": kind, "kernel": kernel.version,
+            "kernel_cmdline": live_cmdline(kind, options.label, options.kernel_cmdline),
+            "root_image": f"/{directory}/{image_name}", "compression": options.compression or "zstd",
+            "squashfs_size": squashfs.stat().st_size,
+            "boots": ["bios-cdrom", "uefi-cdrom", "bios-usb (hybrid MBR)", "uefi-usb (GPT partition 2)"],
+            **user}}

@@ -1,0 +1,337 @@
+"""Boot an artifact under qemu and wait for the boot-check report from inside the guest.
+
+The report comes over a virtio-serial port named org.openos365.boot-check; the image's
+openos365-boot-check.service writes the system state, failed units and root sizes there, then powers
+off. Images without that unit are judged by a login prompt on the serial console instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import log, tools
+from .errors import BootTestError, UserError
+from .runner import output, run, which
+
+PORT_NAME = "org.openos365.boot-check"
+OVMF_PAIRS = (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+              ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+              ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"))
+DISK_SUFFIXES = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhdx": "vhdx", ".vhd": "vpc"}
+MEDIA = ("disk", "cdrom", "usb")
+LOGIN_GRACE = 90   # seconds to wait for a report after a login prompt (images without the unit)
+
+
+@dataclass(frozen=True)
+class BootRequest:
+    artifact: Path
+    firmware: str = "bios"
+    medium: str | None = None       # ISO only: cdrom (default) | usb | disk
+    grow: int | None = None         # bytes to add to a disk before booting it
+    timeout: int = 600
+    memory: str = "1536M"
+    workdir: Path = Path(".openos365")
+    boots: int = 1                  # boot the same (throw-away) disk again: first-boot work must not repeat
+
+
+@dataclass
+class BootReport:
+    artifact: Path
+    mode: str
+    accel: str
+    seconds: float
+    fields: dict[str, str] = field(default_factory=dict)
+    console_tail: list[str] = field(default_factory=list)
+    note: str = ""
+    earlier: list[dict[str, str]] = field(default_factory=list)   # reports of the boots before this one
+
+    def summary(self) -> str:
+        if not self.fields:
+            return f"{self.artifact.name} booted ({self.mode}, {self.accel}) in {self.seconds:.0f}s: {self.note}"
+        size = int(self.fields.get("root_fs_size", "0") or 0)
+        disk = int(self.fields.get("disk_size", "0") or 0)
+        return (f"{self.artifact.name} booted ({self.mode}, {self.accel}) in {self.seconds:.0f}s: state "
+                f"{self.fields.get('state')}, root {self.fields.get('root_source')} {self.fields.get('root_fstype')} "
+                f"{log.human_size(size)}" + (f" on a {log.human_size(disk)} disk" if disk else ""))
+
+
+def parse_report(text: str) -> dict[str, str] | None:
+    """The key=value lines between OPENOS365-BOOT-CHECK and END; None until END has arrived."""
+    if "OPENOS365-BOOT-CHECK" not in text:
+        return None
+    body = text.split("OPENOS365-BOOT-CHECK", 1)[1]
+    if "\nEND" not in body:
+        return None
+    fields = {}
+    for line in body.split("\nEND", 1)[0].splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def judge(fields: dict[str, str], grow: int | None) -> list[str]:
+    """What is wrong with a report (empty: a good boot)."""
+    problems = []
+    if fields.get("state") != "running":
+        problems.append(f"system state is '{fields.get('state')}', not 'running'")
+    if fields.get("failed"):
+        problems.append(f"failed units: {fields['failed']}")
+    if grow:
+        problems += growth_problems(fields)
+    return problems
+
+
+GROWN_PART_SLACK = 80 << 20   # what may stand before and after a grown root partition: ESP, BIOS boot, GPT
+
+
+def growth_problems(fields: dict[str, str]) -> list[str]:
+    """The root partition must reach the end of the disk, and its filesystem fill the partition (df's size
+    is the partition less ext4's metadata, about 4 %)."""
+    size, part, disk = (int(fields.get(key) or 0) for key in ("root_fs_size", "root_part_size", "disk_size"))
+    if disk == 0 or part < disk - GROWN_PART_SLACK:
+        return [f"root partition is {log.human_size(part)} on a {log.human_size(disk)} disk: it did not grow"]
+    if size < 0.9 * part:
+        return [f"root filesystem is {log.human_size(size)} in a {log.human_size(part)} partition: it did not "
+                "grow with the partition"]
+    return []
+
+
+# --- acceleration ----------------------------------------------------------------------------------
+
+_accel_cache: dict[str, str] = {}
+
+
+def accelerator() -> str:
+    """kvm when /dev/kvm really runs a guest (a boot sector that exits through isa-debug-exit), else tcg."""
+    forced = os.environ.get("OPENOS365_ACCEL")
+    if forced:
+        return forced
+    if "value" in _accel_cache:
+        return _accel_cache["value"]
+    value = "tcg"
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        value = "kvm" if _kvm_probe() else "tcg"
+    if value == "tcg":
+        log.note("KVM is not usable here: booting with TCG (slow: about a minute per boot)")
+    _accel_cache["value"] = value
+    return value
+
+
+def _kvm_probe() -> bool:
+    code = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFE])  # mov al,1; out 0xf4,al; hlt; jmp $
+    probe = Path(f"/tmp/openos365-kvm-probe-{os.getpid()}.img")
+    probe.write_bytes(code + bytes(510 - len(code)) + b"\x55\xaa")
+    try:
+        # same machine and CPU model as a real boot: some hosts start KVM but fail on -cpu host MSRs
+        result = subprocess.run(["qemu-system-x86_64", "-machine", "q35", "-accel", "kvm", "-cpu", "host",
+                                 "-display", "none", "-nodefaults",
+                                 "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                                 "-drive", f"file={probe},format=raw,if=ide"],
+                                capture_output=True, timeout=20, check=False)
+        return result.returncode == 3
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+def firmware_args(firmware: str, work: Path) -> list[str]:
+    if firmware == "bios":
+        return []
+    if firmware != "uefi":
+        raise UserError(f"--firmware {firmware}: use bios or uefi")
+    for code, variables in OVMF_PAIRS:
+        if os.path.exists(code) and os.path.exists(variables):
+            shutil.copyfile(variables, work / "OVMF_VARS.fd")
+            return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={work / 'OVMF_VARS.fd'}"]
+    raise UserError("no OVMF firmware found for --firmware uefi",
+                    hint="install it: apt-get install ovmf (Fedora: dnf install edk2-ovmf)")
+
+
+def kis_files(path: Path) -> dict[str, Path]:
+    """A KIS set: NAME.append beside NAME.kernel, NAME.initrd and one NAME.{squashfs,ext4,erofs}."""
+    append = path if path.suffix == ".append" else next(iter(sorted(path.glob("*.append"))), None)
+    if append is None:
+        raise UserError(f"{path}: no *.append file: not a KIS directory", hint="export one with --to kis")
+    stem = append.name.removesuffix(".append")   # not with_suffix: a NAME may contain dots
+
+    def sibling(suffix: str) -> Path:
+        return append.with_name(stem + suffix)
+
+    files = {"append": append, "kernel": sibling(".kernel"), "initrd": sibling(".initrd")}
+    roots = [sibling(s) for s in (".squashfs", ".ext4", ".erofs") if sibling(s).exists()]
+    for _key, file in files.items():
+        if not file.exists():
+            raise UserError(f"{path}: {file.name} is missing", hint="export the KIS set again")
+    if not roots:
+        raise UserError(f"{path}: no {stem}.squashfs/.ext4/.erofs root image beside {append.name}")
+    files["rootfs"] = roots[0]
+    return files
+
+
+def medium_args(req: BootRequest, work: Path) -> tuple[list[str], str]:
+    """The drives for the artifact, and a word for the mode."""
+    art = req.artifact.resolve()
+    if art.is_dir() or art.suffix == ".append":
+        kis = kis_files(art)
+        cmdline = kis["append"].read_text().strip()
+        # an ext4 root is mounted read-write: boot a throw-away snapshot of it, never the artifact itself
+        access = "snapshot=on" if kis["rootfs"].suffix == ".ext4" else "readonly=on"
+        return ["-kernel", str(kis["kernel"]), "-initrd", str(kis["initrd"]), "-append", cmdline,
+                "-drive", f"file={kis['rootfs']},format=raw,if=virtio,{access}"], "kis"
+    if not art.is_file():
+        raise UserError(f"{art}: no such artifact", hint="export one first (openos365 export --to ...)")
+    if art.suffix == ".iso":
+        medium = req.medium or "cdrom"
+        if medium == "cdrom":
+            return ["-drive", f"file={art},media=cdrom,readonly=on,if=none,id=cd",
+                    "-device", "ide-cd,drive=cd,bootindex=0"], "iso-cdrom"
+        if medium == "usb":
+            return ["-device", "qemu-xhci,id=xhci", "-drive", f"file={art},format=raw,if=none,id=stick,snapshot=on",
+                    "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"], "iso-usb"
+        if medium == "disk":
+            return ["-drive", f"file={art},format=raw,if=virtio,snapshot=on"], "iso-disk"
+        raise UserError(f"--as {medium}: use one of {', '.join(MEDIA)}")
+    fmt = DISK_SUFFIXES.get(art.suffix) or _json(["qemu-img", "info", "--output=json", str(art)])["format"]
+    overlay = work / "overlay.qcow2"
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(art), str(overlay)]
+    if req.grow:
+        virtual = int(_json(["qemu-img", "info", "--output=json", "-f", fmt, str(art)])["virtual-size"])
+        argv.append(str(virtual + req.grow))
+    run(argv, step="create a throw-away overlay of the disk", capture=True)
+    return ["-drive", f"file={overlay},format=qcow2,if=virtio"], "disk"
+
+
+def _json(argv: list[str]) -> dict:
+    import json
+
+    return json.loads(output(argv))
+
+
+def qemu_argv(req: BootRequest, work: Path, accel: str) -> tuple[list[str], str]:
+    drives, mode = medium_args(req, work)
+    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", accel, "-m", req.memory,
+            "-smp", str(min(2, os.cpu_count() or 1)), "-display", "none", "-no-reboot", "-nodefaults",
+            "-chardev", f"file,id=console,path={work / 'console.log'}", "-serial", "chardev:console",
+            "-device", "virtio-serial-pci",
+            "-chardev", f"file,id=bootcheck,path={work / 'report.txt'}",
+            "-device", f"virtserialport,chardev=bootcheck,name={PORT_NAME}",
+            "-nic", "user,model=virtio-net-pci", "-device", "virtio-rng-pci"]
+    if accel == "kvm":
+        argv += ["-cpu", "host"]
+    argv += firmware_args(req.firmware, work) + drives
+    return argv, mode
+
+
+# --- running -------------------------------------------------------------------------------------------
+
+def boot_test(req: BootRequest) -> BootReport:
+    tools.require(["qemu-system-x86_64", "qemu-img"], purpose="openos365 test")
+    work = req.workdir.resolve() / f"boot-{os.getpid()}-{int(time.time() * 1000)}"
+    work.mkdir(parents=True)
+    accel = accelerator()
+    try:
+        argv, mode = qemu_argv(req, work, accel)
+        mode = f"{mode}, {req.firmware}"
+        earlier: list[dict[str, str]] = []
+        for number in range(1, req.boots + 1):
+            title = f"Booting {req.artifact.name} ({mode}, {accel})" + (f", boot {number}" if req.boots > 1 else "")
+            with log.step(title):
+                report = _watch(argv, work, req, mode, accel)
+            report.earlier = list(earlier)
+            earlier.append(report.fields)
+            for used in ("report.txt", "console.log"):
+                (work / used).unlink(missing_ok=True)
+        _check_later_boots(report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _check_later_boots(report: BootReport) -> None:
+    """A later boot of the same disk sees the same root: growth happened once and was kept."""
+    for before in report.earlier:
+        for key in ("root_fs_size", "root_part_size", "disk_size"):
+            if before.get(key) != report.fields.get(key):
+                raise BootTestError(f"{key} changed between boots ({before.get(key)} -> {report.fields.get(key)})",
+                                    hint="first-boot growth must happen once; look at systemd-repart in the journal")
+
+
+def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str) -> BootReport:
+    import shlex
+
+    log.command(shlex.join(argv))
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    report = BootReport(req.artifact, mode, accel, 0.0)
+    login_seen_at: float | None = None
+    try:
+        while True:
+            time.sleep(1)
+            elapsed = time.monotonic() - started
+            fields = parse_report(_read(work / "report.txt"))
+            console = _read(work / "console.log")
+            if fields is not None:
+                report.fields = fields
+                break
+            if login_seen_at is None and "login:" in console:
+                login_seen_at = elapsed
+            if login_seen_at is not None and elapsed - login_seen_at > LOGIN_GRACE:
+                report.note = "no boot-check unit in the image: a login prompt appeared on the serial console"
+                break
+            if proc.poll() is not None:
+                raise _failure(f"qemu stopped (exit status {proc.returncode}) before the system reported a boot",
+                               work, proc)
+            if elapsed > req.timeout:
+                raise _failure(f"no boot report within {req.timeout}s", work, proc)
+        _wait_poweroff(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    report.seconds = time.monotonic() - started
+    report.console_tail = _read(work / "console.log").splitlines()[-40:]
+    problems = judge(report.fields, req.grow) if report.fields else []
+    if problems:
+        raise BootTestError(f"{req.artifact.name} booted but is not healthy: " + "; ".join(problems),
+                            hint="boot it by hand with `openos365 test --verbose`, or look at the units named")
+    return report
+
+
+def _wait_poweroff(proc: subprocess.Popen[bytes], seconds: int = 120) -> None:
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        log.warn(f"the guest reported but did not power off within {seconds}s; stopping it")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _failure(message: str, work: Path, proc: subprocess.Popen[bytes]) -> BootTestError:
+    if proc.poll() is None:
+        proc.kill()
+    out = proc.communicate()[0].decode(errors="replace").strip() if proc.stdout else ""
+    console = _read(work / "console.log").splitlines()[-25:]
+    lines = "\n".join(f"  | {line}" for line in console) or "  (nothing on the serial console)"
+    extra = f"\nqemu said: {out[-800:]}" if out else ""
+    return BootTestError(f"{message}\nlast lines of the serial console:\n{lines}{extra}",
+                         hint="the image needs console=ttyS0 on its kernel command line to show its boot here; "
+                         "a missing kernel or boot loader shows as an empty console")
+
+
+def have_qemu() -> bool:
+    return which("qemu-system-x86_64") is not None
