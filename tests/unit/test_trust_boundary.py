@@ -177,6 +177,12 @@ def test_whiteout_after_a_same_layer_entry_keeps_that_entry(tmp_path):
     assert (root / "etc/conf").read_bytes() == b"upper"
 
 
+def test_whiteout_below_a_file_hides_nothing(tmp_path):
+    root = tmp_path / "root"
+    apply(root, layer(("a", "file", {"data": b"file"})), layer(("a/.wh.b", "file", {})))
+    assert (root / "a").read_bytes() == b"file"
+
+
 def test_whiteout_before_a_same_layer_entry_hides_only_the_lower_one(tmp_path):
     root = tmp_path / "root"
     apply(root, layer(("x", "dir", {}), ("x/lower", "file", {"data": b"l"})),

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import log, tools
-from .errors import BootTestError, UserError
-from .runner import output, run, which
+from .errors import BootTestError, CommandError, MissingToolError, UserError
+from .runner import output, run, spawn
 
 PORT_NAME = "org.openos365.boot-check"
 OVMF_PAIRS = (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
@@ -107,7 +107,7 @@ def growth_problems(fields: dict[str, str]) -> list[str]:
 _accel_cache: dict[str, str] = {}
 
 
-def accelerator() -> str:
+def accelerator(scratch: Path | None = None) -> str:
     """kvm when /dev/kvm really runs a guest (a boot sector that exits through isa-debug-exit), else tcg."""
     forced = os.environ.get("OPENOS365_ACCEL")
     if forced:
@@ -116,26 +116,26 @@ def accelerator() -> str:
         return _accel_cache["value"]
     value = "tcg"
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        value = "kvm" if _kvm_probe() else "tcg"
+        value = "kvm" if _kvm_probe(scratch or Path(".openos365")) else "tcg"
     if value == "tcg":
         log.note("KVM is not usable here: booting with TCG (slow: about a minute per boot)")
     _accel_cache["value"] = value
     return value
 
 
-def _kvm_probe() -> bool:
+def _kvm_probe(scratch: Path) -> bool:
+    """A boot sector that exits through isa-debug-exit (status 3), in the work directory (nothing in /tmp)."""
     code = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFE])  # mov al,1; out 0xf4,al; hlt; jmp $
-    probe = Path(f"/tmp/openos365-kvm-probe-{os.getpid()}.img")
+    scratch.mkdir(parents=True, exist_ok=True)
+    probe = scratch / f"kvm-probe-{os.getpid()}.img"
     probe.write_bytes(code + bytes(510 - len(code)) + b"\x55\xaa")
     try:
         # same machine and CPU model as a real boot: some hosts start KVM but fail on -cpu host MSRs
-        result = subprocess.run(["qemu-system-x86_64", "-machine", "q35", "-accel", "kvm", "-cpu", "host",
-                                 "-display", "none", "-nodefaults",
-                                 "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                                 "-drive", f"file={probe},format=raw,if=ide"],
-                                capture_output=True, timeout=20, check=False)
+        result = run(["qemu-system-x86_64", "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-display", "none",
+                      "-nodefaults", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                      "-drive", f"file={probe},format=raw,if=ide"], capture=True, check=False, timeout=20)
         return result.returncode == 3
-    except (subprocess.TimeoutExpired, OSError):
+    except (CommandError, MissingToolError):
         return False
     finally:
         probe.unlink(missing_ok=True)
@@ -238,7 +238,7 @@ def boot_test(req: BootRequest) -> BootReport:
     tools.require(["qemu-system-x86_64", "qemu-img"], purpose="openos365 test")
     work = req.workdir.resolve() / f"boot-{os.getpid()}-{int(time.time() * 1000)}"
     work.mkdir(parents=True)
-    accel = accelerator()
+    accel = accelerator(work)
     try:
         argv, mode = qemu_argv(req, work, accel)
         mode = f"{mode}, {req.firmware}"
@@ -267,11 +267,8 @@ def _check_later_boots(report: BootReport) -> None:
 
 
 def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str) -> BootReport:
-    import shlex
-
-    log.command(shlex.join(argv))
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = spawn(argv)
     report = BootReport(req.artifact, mode, accel, 0.0)
     login_seen_at: float | None = None
     try:
@@ -332,6 +329,3 @@ def _failure(message: str, work: Path, proc: subprocess.Popen[bytes]) -> BootTes
                          hint="the image needs console=ttyS0 on its kernel command line to show its boot here; "
                          "a missing kernel or boot loader shows as an empty console")
 
-
-def have_qemu() -> bool:
-    return which("qemu-system-x86_64") is not None

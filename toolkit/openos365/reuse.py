@@ -28,7 +28,7 @@ from .config import LayerConfig
 from .engine import ImageInfo
 from .rootfs import private_dir, remove_tree
 
-_KEEP_ARTIFACTS = 8
+_KEEP_ARTIFACTS = 4   # hard links: they cost space only once the published copies are gone
 
 
 def _digest(*parts: object) -> str:

@@ -63,11 +63,13 @@ def run(
     hint: str | None = None,
     on_line: Callable[[str], None] | None = None,
     passthrough: bool = False,
+    timeout: float | None = None,
 ) -> Result:
     """Run argv. With capture=True stdout is returned (stderr still streams to the tail).
 
     stdout_file sends stdout to an open binary file instead (for `podman save`-style producers);
     passthrough=True lets the process write to our own stdout and stderr (openos365 run again elsewhere).
+    timeout (with capture=True): a process still running then is killed, and that is a CommandError.
     """
     args = _resolved(argv)
     log.command(shlex.join(args))
@@ -95,7 +97,12 @@ def run(
                                "package provides it") from exc
     data = input_text.encode() if input_text is not None else None
     if capture:
-        out, err = proc.communicate(data)
+        try:
+            out, err = proc.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise CommandError(args, -9, [], step=step, hint=hint or f"it ran longer than {timeout:.0f}s") from None
         captured.append(out.decode(errors="replace"))
         for line in err.decode(errors="replace").splitlines():
             tail.append(line)
@@ -173,6 +180,17 @@ def pipe_through(argv: Sequence[str | os.PathLike[str]], source: IO[bytes], *, s
         feeder.join()
     if proc.returncode != 0:
         raise CommandError(args, proc.returncode, err[-TAIL_LINES:], step=step, hint=hint)
+
+
+def spawn(argv: Sequence[str | os.PathLike[str]], *, stdout: int | IO[bytes] = subprocess.PIPE,
+          stderr: int | IO[bytes] = subprocess.STDOUT) -> subprocess.Popen[bytes]:
+    """Start argv and return at once (a VM under test): the caller watches it, then kills or waits for it."""
+    args = _resolved(argv)
+    log.command(shlex.join(args))
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    except FileNotFoundError as exc:
+        raise MissingToolError(f"'{args[0]}' is not installed", hint="run `openos365 doctor`") from exc
 
 
 def which(tool: str) -> str | None:

@@ -174,7 +174,10 @@ class LayerApplier:
     def _whiteout(self, rel: str, created: set[str]) -> None:
         """Hide rel of the lower layers. This layer's own rel (created before the marker) stays; a
         directory of this layer merged over a lower one loses the lower entries."""
-        canonical = self.tree.resolve(rel)
+        try:
+            canonical = self.tree.resolve(rel)
+        except TreeError:
+            return   # its directory is a file (or a loop) below: there is nothing to hide
         if canonical not in created:
             self._remove(canonical)
         elif self.tree.is_dir(canonical) and not self.tree.is_symlink(canonical):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import parse_size
 from ..errors import UserError
 from ..log import human_size
 from ..runner import run
@@ -111,6 +110,3 @@ def write_partition_table(image: str, layout: Layout) -> None:
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", "--wipe-partitions", "never",
          image], input_text=sfdisk_script(layout), step="write the GPT", capture=True)
 
-
-def parse_size_option(value: str) -> int:
-    return parse_size(value, where="--size")
