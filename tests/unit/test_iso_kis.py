@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from openos365 import qemu
+from openos365 import boot, qemu
 from openos365.config import ExportOptions
+from openos365.disk import filesystems
 from openos365.errors import UserError
 from openos365.exporters import EXPORTERS, ExportContext, iso, kis
 from openos365.sources import Source
@@ -99,7 +100,7 @@ def test_iso_date_is_utc():
     ("none", ["-noI", "-noId", "-noD", "-noF", "-noX"]),
 ])
 def test_squashfs_argv_pins_times_and_picks_compression(tmp_path, compression, expected):
-    argv = iso.squashfs_argv(tmp_path / "t", tmp_path / "o", compression, EPOCH)
+    argv = filesystems.squashfs_argv(tmp_path / "t", tmp_path / "o", compression, EPOCH)
     assert argv[:3] == ["mksquashfs", str(tmp_path / "t"), str(tmp_path / "o")]
     assert "-noappend" in argv and " ".join(expected) in " ".join(argv)
     assert argv[-4:] == ["-mkfs-time", str(EPOCH), "-all-time", str(EPOCH)]
@@ -147,7 +148,8 @@ def test_rootfs_other_than_squashfs_is_not_used_for_the_iso(capsys):
 
 def test_prepared_tree_has_no_identity_uuid_fstab_or_repart(tmp_path):
     ctx = context(tmp_path, fake_tree(tmp_path / "tree"), hostname="demo")
-    prepared, user = iso.prepare_tree(ctx)
+    prepared, user = boot.prepare_live_tree(ctx.source.tree, ctx.scratch_dir("tree"), name=ctx.name,
+                                            options=ctx.options, epoch=ctx.source.epoch)
     tree = prepared.root
     assert user == {}
     fstab = (tree / "etc/fstab").read_text()

@@ -18,6 +18,7 @@ from typing import Any
 from . import log
 from .errors import UserError
 from .imagetree import ImageTree, TreeError
+from .rootfs import clamp_mtimes, copy_tree
 
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
 
@@ -297,3 +298,25 @@ def tree_size(root: Path | ImageTree) -> tuple[int, int]:
             size = st.st_blocks * 512 if st.st_blocks * 1024 < st.st_size else st.st_size
             total += (size + 4095) // 4096 * 4096
     return total, inodes
+
+
+# The live root is an overlay the initrd sets up: nothing here may mount / by UUID (live-boot appends its
+# own `overlay / overlay rw` line at boot).
+LIVE_FSTAB = "# written by openos365: the initrd sets up the root file system; nothing else to mount\n"
+
+
+def prepare_live_tree(source: Path, dest: Path, *, name: str, options: Any, epoch: int
+                      ) -> tuple[ImageTree, dict[str, Any]]:
+    """A private copy of the tree for a root that is not the partitioned disk (live ISO, KIS): no identity,
+    the host name, no UUID fstab, no repart config (systemd-repart fails on a live root)."""
+    tree = ImageTree(dest, "the live tree")
+    copy_tree(source, tree.root)
+    clear_identity(tree, epoch)
+    set_hostname(tree, options.hostname or hostname_from(name), epoch)
+    set_resolver(tree)
+    user = add_user(tree, options.user, options.ssh_key, epoch)
+    if tree.remove_matching("etc/repart.d/*"):
+        log.note("dropped /etc/repart.d from this copy: there is no partition table to grow")
+    tree.write("etc/fstab", LIVE_FSTAB, mtime=epoch)
+    clamp_mtimes(tree.root, epoch)
+    return tree, user

@@ -44,6 +44,8 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     scratch_prefix = f".openos365-work-{name}-{fmt}-"
     remove_abandoned(outdir, scratch_prefix)    # what a killed export of this artifact left, whatever comes next
     versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
+    if exporter.needs_engine and source.engine is not None:   # the engine writes these archives itself
+        versions[source.engine.binary] = tools.version_of(source.engine.binary)
     cache = ArtifactCache(workdir)
     key = export_key(source.image_id, source.epoch, fmt, name, options, versions, userns.mode())
     reused = None if no_cache else cache.fetch(key, outdir)

@@ -23,10 +23,10 @@ from typing import Any
 
 from .. import log, tools
 from ..artifacts import atomic_path
+from ..disk.filesystems import tar_argv
 from ..rootfs import ARCHIVE_PREFIXES
 from ..runner import run
 from .base import ExportContext, Exporter
-from .tree import tar_argv
 
 _HEX_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 

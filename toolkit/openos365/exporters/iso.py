@@ -20,10 +20,9 @@ from typing import Any
 from .. import boot, log
 from ..artifacts import atomic_path
 from ..disk import grub
-from ..disk.filesystems import fat_copy, mkfs_vfat
+from ..disk.filesystems import fat_copy, make_squashfs, mkfs_vfat
 from ..errors import UserError
 from ..imagetree import ImageTree
-from ..rootfs import clamp_mtimes, copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
 
@@ -32,17 +31,6 @@ LIVE_LAYOUT = {
     "live-boot": ("live", "filesystem.squashfs"),
     "dmsquash-live": ("LiveOS", "squashfs.img"),
 }
-# zstd level 9: mksquashfs' default level (15) is 10x slower for 4 % less size
-SQUASHFS_COMPRESSION: dict[str | None, list[str]] = {
-    None: ["-comp", "zstd", "-Xcompression-level", "9"],
-    "zstd": ["-comp", "zstd", "-Xcompression-level", "9"],
-    "xz": ["-comp", "xz"],
-    "gzip": ["-comp", "gzip"],
-    "none": ["-noI", "-noId", "-noD", "-noF", "-noX"],
-}
-# The live root is an overlay the initrd sets up: nothing here may mount / by UUID (live-boot appends its
-# own `overlay / overlay rw` line at boot).
-LIVE_FSTAB = "# written by openos365: the initrd sets up the root file system; nothing else to mount\n"
 GRUB_TIMEOUT = 3
 EFI_MODULES = [*grub.LIVE_MODULES, "efi_gop"]
 BIOS_MODULES = [*grub.LIVE_MODULES, "biosdisk"]
@@ -81,39 +69,6 @@ def squashfs_only(options: Any) -> None:
     if options.rootfs != "squashfs":
         log.warn(f"--rootfs {options.rootfs} applies to --to kis; a live ISO's root image is squashfs "
                  "(what live-boot and dmsquash-live read)")
-
-
-# --- the root tree and its squashfs (shared with --to kis) ------------------------------------------------
-
-def prepare_tree(ctx: ExportContext) -> tuple[ImageTree, dict[str, Any]]:
-    """A private copy of the tree for a root that is not the partitioned disk (live ISO, KIS): no identity,
-    the host name, no UUID fstab, no repart config (systemd-repart fails on a live root)."""
-    options, epoch = ctx.options, ctx.source.epoch
-    tree = ImageTree(ctx.scratch_dir("tree"), "the live tree")
-    copy_tree(ctx.source.tree, tree.root)
-    boot.clear_identity(tree, epoch)
-    boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
-    boot.set_resolver(tree)
-    user = boot.add_user(tree, options.user, options.ssh_key, epoch)
-    if tree.remove_matching("etc/repart.d/*"):
-        log.note("dropped /etc/repart.d from this copy: there is no partition table to grow")
-    tree.write("etc/fstab", LIVE_FSTAB, mtime=epoch)
-    clamp_mtimes(tree.root, epoch)
-    return tree, user
-
-
-def squashfs_argv(tree: Path, output: Path, compression: str | None, epoch: int) -> list[str]:
-    return ["mksquashfs", str(tree), str(output), "-noappend", "-no-progress", "-quiet",
-            *SQUASHFS_COMPRESSION[compression], "-mkfs-time", str(epoch), "-all-time", str(epoch)]
-
-
-def make_squashfs(tree: Path, output: Path, compression: str | None, epoch: int) -> Path:
-    with log.step(f"Compressing the root tree (squashfs, {compression or 'zstd level 9'})"):
-        # mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time: the flags pin the times
-        run(["env", "-u", "SOURCE_DATE_EPOCH", *squashfs_argv(tree, output, compression, epoch)],
-            step="mksquashfs", capture=True)
-        log.info(f"squashfs: {log.human_size(output.stat().st_size)}")
-    return output
 
 
 # --- boot menus ---------------------------------------------------------------------------------------
@@ -229,7 +184,8 @@ class IsoExporter(Exporter):
         kernel = boot.find_kernel(ctx.source.tree)
         kind = live_kind(ctx.source.tree)
         with log.step("Preparing the live root tree"):
-            tree, user = prepare_tree(ctx)
+            tree, user = boot.prepare_live_tree(ctx.source.tree, ctx.scratch_dir("tree"), name=ctx.name,
+                                                options=options, epoch=epoch)
         squashfs = make_squashfs(tree.root, ctx.scratch / "root.squashfs", options.compression, epoch)
         os.utime(squashfs, (epoch, epoch))
         with log.step("Writing the boot loaders"):

@@ -20,12 +20,11 @@ from typing import Any
 
 from .. import boot, log, tools
 from ..artifacts import atomic_path
-from ..disk.filesystems import mkfs_ext4
+from ..disk.filesystems import make_squashfs, mkfs_ext4
 from ..errors import UserError
 from ..imagetree import ImageTree
 from ..runner import run
 from .base import ExportContext, Exporter
-from .iso import make_squashfs, prepare_tree
 
 ROOT_DEVICE = "/dev/vda"           # the first virtio disk: where `openos365 test` attaches the root image
 ROOT_TOOLS = {"squashfs": "mksquashfs", "ext4": "mkfs.ext4", "erofs": "mkfs.erofs"}
@@ -230,7 +229,8 @@ class KisExporter(Exporter):
                      "layer, or use --rootfs ext4)")
         fs_uuid = boot.derive_uuid(f"{source.image_id}:{ctx.name}", f"kis-{options.rootfs}")
         with log.step("Preparing the root tree"):
-            tree, user = prepare_tree(ctx)
+            tree, user = boot.prepare_live_tree(source.tree, ctx.scratch_dir("tree"), name=ctx.name,
+                                                options=options, epoch=epoch)
         root = ctx.outdir / f"{ctx.name}.{options.rootfs}"
         with atomic_path(root) as temp:
             make_root_image(ctx, tree, temp, fs_uuid)

@@ -7,20 +7,10 @@ from typing import Any
 
 from .. import log
 from ..artifacts import atomic_path
+from ..disk.filesystems import tar_argv
 from ..rootfs import copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
-
-
-# GNU tar keeps what the tree has: numeric owners, xattrs (file capabilities), ACLs, hard links.
-# Sorted names and clamped mtimes make the same tree give the same bytes.
-def tar_argv(tree: Path, epoch: int, output: Path, *, exclude: tuple[str, ...] = ()) -> list[str]:
-    argv = ["tar", "--create", "--file", str(output), "--directory", str(tree), "--sort=name",
-            "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--format=posix",
-            f"--mtime=@{epoch}", "--clamp-mtime",
-            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime"]
-    argv += [f"--exclude=./{pattern}" for pattern in exclude]
-    return [*argv, "."]
 
 
 class DirExporter(Exporter):

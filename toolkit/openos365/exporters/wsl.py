@@ -22,12 +22,12 @@ from typing import Any
 
 from .. import boot, dpkg, log
 from ..artifacts import atomic_path
+from ..disk.filesystems import tar_argv
 from ..errors import UserError
 from ..imagetree import ImageTree
 from ..rootfs import copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
-from .tree import tar_argv
 
 DEFAULT_UID = 1000
 OOBE = "usr/lib/wsl/oobe.sh"
