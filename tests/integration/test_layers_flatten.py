@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -50,8 +51,9 @@ def built(project) -> str:
     return "localhost/openos365-test/t-child:latest"
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Everything about a tree but times: type, mode, owner, size, link target, xattrs, hard-link group."""
+def snapshot(root: Path, *, times: bool = False) -> dict[str, tuple]:
+    """Everything about a tree but times (unless asked): type, mode, owner, size, link target, xattrs,
+    hard-link group; with times, also each mtime (ns) and each file's content."""
     entries, inodes = {}, {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -64,9 +66,13 @@ def snapshot(root: Path) -> dict[str, tuple]:
             size = st.st_size if stat.S_ISREG(st.st_mode) else 0
             entries[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, target,
                             xattrs)
+            if times:
+                content = path.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+                entries[rel] += (st.st_mtime_ns, hashlib.sha256(content).hexdigest())
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 inodes.setdefault(st.st_ino, []).append(rel)
-    entries["<hardlinks>"] = tuple(sorted(tuple(sorted(v)) for v in inodes.values()))
+    # groups within this tree (a tree made from a cached one shares inodes with it: nlink counts those too)
+    entries["<hardlinks>"] = tuple(sorted(tuple(sorted(v)) for v in inodes.values() if len(v) > 1))
     return entries
 
 
@@ -144,6 +150,36 @@ def test_second_export_reuses_the_flattened_tree(built, tmp_path):
     again = cli("-v", "export", "--to", "tar", built, "-o", str(tmp_path / "2"), "--no-cache")
     assert "is cached" in again.stderr
     assert "Flattening" not in again.stderr
+
+
+def test_a_tree_started_from_the_build_step_below_equals_a_full_copy(built, tmp_path):
+    """The child's tree made from the cached tree of the step below its top layer plus that layer, replayed
+    from the engine's layer directory, is the full copy's tree: content, modes, owners, xattrs, hard links,
+    whiteouts, opaque directories and every mtime. The step's cached tree, whose inodes the child's shares,
+    is still equal to its own full copy afterwards."""
+    from openos365.engine import detect
+    from openos365.rootfs import TreeCache, flatten_engine_image
+
+    derived = cli("-v", "--workdir", str(tmp_path / "wd"), "export", "--to", "tar", built, "-o", str(tmp_path / "o"))
+    assert "flattening the build step before the top layer first" in derived.stderr
+    assert "applied 1 more layer(s)" in derived.stderr
+    engine = detect("podman")
+    child = engine.inspect(built)
+    below = engine.inspect("localhost/openos365-test/t-parent:latest")
+    assert below.layer_dirs == child.layer_dirs[:-1]
+    entries = {p.name: p / "tree" for p in (tmp_path / "wd/rootfs").iterdir() if (p / "complete").exists()}
+    derived_child = next(tree for name, tree in entries.items() if name.startswith(f"engine-{child.id}"))
+    cached_below = next(tree for name, tree in entries.items() if name.startswith(f"engine-{below.id}"))
+    epoch = int(derived_child.parent.name.split("-")[2])
+
+    def full_copy(image_id: str) -> Path:
+        wd = tmp_path / f"full-{image_id[:12]}"
+        return flatten_engine_image(engine, image_id, image_id, epoch, TreeCache(wd), wd, from_parent=False)
+
+    child_view = snapshot(derived_child, times=True)
+    assert child_view == snapshot(full_copy(child.id), times=True)
+    assert "etc/openos365-test-gone" not in child_view and "opt/app/old" not in child_view
+    assert snapshot(cached_below, times=True) == snapshot(full_copy(below.id), times=True)
 
 
 def test_failed_run_step_names_the_step_and_shows_output(tmp_path, base_image):

@@ -61,10 +61,10 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
             paths, details = exporter.export(ctx)
     finally:
         remove_tree(scratch)
-    files = [p for p in paths if p.is_file()]
-    for path in files:
-        write_checksum(path)
-    manifest = _manifest(source, fmt, options, files, details, versions)
+    checksums = {p: sha256_of(p) for p in paths if p.is_file()}   # hashed once: .sha256, manifest, cache
+    for path, digest in checksums.items():
+        write_checksum(path, digest)
+    manifest = _manifest(source, fmt, options, checksums, details, versions)
     write_manifest(outdir, f"{name}.{fmt}", manifest)
     cache.store(key, paths, manifest)
     log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
@@ -128,7 +128,7 @@ def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, A
     return []
 
 
-def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details: dict[str, Any],
+def _manifest(source: Source, fmt: str, options: Any, checksums: dict[Path, str], details: dict[str, Any],
               versions: dict[str, str | None]) -> dict[str, Any]:
     opts = {k: v for k, v in vars(options).items() if v is not None}
     return {
@@ -138,7 +138,7 @@ def _manifest(source: Source, fmt: str, options: Any, files: list[Path], details
         "image_ref": source.ref,
         "source_date_epoch": source.epoch,
         "options": opts,
-        "files": {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in files},
+        "files": {p.name: {"sha256": digest, "size": p.stat().st_size} for p, digest in checksums.items()},
         "packages": dpkg.installed_packages(ImageTree(source.tree)) if source.tree else [],
         "tools": {"openos365": __version__, "python": platform.python_version(), **versions},
         **details,

@@ -71,7 +71,8 @@ class BuildRecords:
     def get(self, layer: LayerConfig, key: str) -> ImageInfo | None:
         try:
             record = json.loads(self._path(layer).read_text())
-            return ImageInfo(**{**record["image"], "names": tuple(record["image"]["names"])}) \
+            image = record["image"]
+            return ImageInfo(**{**image, "names": tuple(image["names"]), "layer_dirs": (), "parent": None}) \
                 if record.get("key") == key else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -79,7 +80,8 @@ class BuildRecords:
     def put(self, layer: LayerConfig, key: str, info: ImageInfo) -> None:
         private_dir(self.base)
         with atomic_path(self._path(layer)) as temp:
-            temp.write_text(json.dumps({"key": key, "image": dataclasses.asdict(info)}))
+            stored = dataclasses.replace(info, layer_dirs=(), parent=None)   # storage details go stale
+            temp.write_text(json.dumps({"key": key, "image": dataclasses.asdict(stored)}))
 
 
 # --- artifacts --------------------------------------------------------------------------------------------
@@ -127,7 +129,8 @@ class ArtifactCache:
         private_dir(temp)
         for path in files:
             _link_or_copy(path, temp / path.name)
-        record = {"files": {p.name: sha256_of(p) for p in files},
+        known = details.get("files", {})
+        record = {"files": {p.name: known.get(p.name, {}).get("sha256") or sha256_of(p) for p in files},
                   "stat": {p.name: _signature(temp / p.name) for p in files}, "details": details}
         (temp / "record.json").write_text(json.dumps(record))
         remove_tree(self.base / key)

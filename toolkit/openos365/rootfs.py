@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,14 +28,14 @@ from typing import IO, Any
 
 from . import log, userns
 from .config import parse_size
-from .engine import Engine
+from .engine import Engine, ImageInfo
 from .errors import UserError
 from .imagetree import ImageTree, TreeError
 from .runner import pipe_through, run
-from .tarapply import LayerApplier
+from .tarapply import LayerApplier, UnsupportedLayerDir
 
 ARCHIVE_PREFIXES = ("oci-archive:", "docker-archive:", "oci:")
-_KEEP_TREES = 3
+_KEEP_TREES = 4     # an image, the build step below its top layer, and the two before
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 _MAX_JSON = 16 << 20
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -335,6 +336,38 @@ class TreeCache:
         self._lock(key, "use", fcntl.LOCK_SH)
         return tree / "tree" if (tree / "complete").exists() else None
 
+    @staticmethod
+    def record_origin(tree: Path, layers: tuple[str, ...], epoch: int, clamped: int) -> None:
+        """What a later image built on this one needs to start from this tree: the engine's layer
+        directories it holds, its epoch, and whether any mtime was clamped to it."""
+        if layers:
+            (tree.parent / "origin.json").write_text(json.dumps({"layers": list(layers), "epoch": epoch,
+                                                                 "clamped": clamped}))
+
+    def nearest_base(self, layers: tuple[str, ...], epoch: int) -> tuple[Path, dict[str, Any]] | None:
+        """The cached engine tree whose layers are the longest prefix of layers and whose times read the
+        same under epoch (equal epochs, or none clamped and ours not older), taken for use; or None."""
+        best: tuple[str, dict[str, Any]] | None = None
+        for entry in self.base.glob(f"engine-*-{userns.mode()}") if self.base.is_dir() else ():
+            try:
+                origin = json.loads((entry / "origin.json").read_text())
+                held, their_epoch, clamped = list(origin["layers"]), int(origin["epoch"]), int(origin["clamped"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not held or len(held) > len(layers) or held != list(layers[:len(held)]):
+                continue
+            if their_epoch != epoch and (clamped or their_epoch > epoch):
+                continue
+            if best is None or len(held) > len(best[1]["layers"]):
+                best = (entry.name, origin)
+        if best is None:
+            return None
+        tree = self.get(best[0])
+        if tree is None:
+            return None
+        os.utime(tree.parent)    # recently used: pruned last
+        return tree, best[1]
+
     def tree(self, key: str, make: Callable[[Path], None]) -> Path:
         """The complete tree for key, made by make(empty dir) unless another process made it already."""
         cached = self.get(key)
@@ -391,23 +424,49 @@ class TreeCache:
         return fd
 
     def _prune(self, keep: str) -> None:
-        """Drop all but the newest trees, skipping any that another process is using or filling."""
+        """Drop all but the newest trees, skipping any that another process is using or filling.
+
+        A dropped tree is renamed away first (it is gone for every reader at once, and a kill midway leaves
+        no half tree under its key), then deleted in a background thread while the export goes on; the
+        interpreter waits for that thread before it exits."""
+        doomed = [p for p in self.base.iterdir() if ".tmp-" in p.name and _abandoned(p.name)]
         trees = sorted((p for p in self.base.iterdir() if (p / "complete").exists() and p.name != keep),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         for old in trees[_KEEP_TREES - 1:]:
             locks = [self._try_exclusive(old.name, kind) for kind in ("use", "fill")]
             if None not in locks:
-                remove_tree(old)
+                doomed.append(old.rename(old.with_name(f"{old.name}.tmp-{os.getpid()}-pruned")))
             for fd in locks:
                 if fd is not None:
                     self._release(fd)
+        if doomed:
+            threading.Thread(target=lambda: [remove_tree(p) for p in doomed], name="prune trees").start()
+
+
+def _abandoned(name: str) -> bool:
+    """A `.tmp-PID` entry whose process is gone."""
+    pid = name.rpartition(".tmp-")[2].split("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 # --- flattening -----------------------------------------------------------------------------------------
 
 def flatten_engine_image(engine: Engine, ref: str, image_id: str, epoch: int, cache: TreeCache,
-                         workdir: Path) -> Path:
-    """The engine's own view of the image (image mount, root) copied, or else its saved layers applied."""
+                         workdir: Path, *, from_parent: bool = True) -> Path:
+    """The image's tree, made the cheapest way the engine allows:
+    - from a cached tree of an image whose layers it starts with, plus its further layers (overlay storage);
+    - else, for an image built in steps (--layers), from the tree of the step before its top layer, itself
+      made (and cached) first: a change in the last steps of a Containerfile then costs its own layer;
+    - else the engine's own view of the image (image mount, as root) copied;
+    - else its saved layers applied (rootless)."""
     key = cache.key("engine", image_id, epoch)
     cached = cache.get(key)
     if cached is not None:
@@ -418,17 +477,73 @@ def flatten_engine_image(engine: Engine, ref: str, image_id: str, epoch: int, ca
     def make(tree: Path) -> None:
         with log.step(f"Flattening {ref}"):
             started = time.monotonic()
+            info = engine.inspect(ref) if userns.mode() == "root" else None
+            layers = info.layer_dirs if info else ()
+            if layers and _derive(cache, tree, layers, epoch, ref):
+                return
+            parent = _step_before_top_layer(engine, info) if info and from_parent else None
+            if parent is not None:
+                log.note(f"flattening the build step before the top layer first ({parent[:12]})")
+                flatten_engine_image(engine, parent, parent, epoch, cache, workdir, from_parent=False)
+                if _derive(cache, tree, layers, epoch, ref):
+                    return
             with engine.mounted(ref) as mount:
                 if mount is not None:
                     run(["cp", "-a", f"{mount}/.", f"{tree}/"], step=f"copy the root tree of {ref}", capture=True)
             if mount is not None:
-                clamp_mtimes(tree, epoch)
+                clamped = clamp_mtimes(tree, epoch)
                 os.chmod(tree, 0o755)
+                cache.record_origin(tree, layers, epoch, clamped)
                 log.note(f"copied from the engine's mount in {time.monotonic() - started:.1f}s")
             else:
                 _flatten_saved(engine, ref, tree, epoch, workdir, started)
 
     return cache.tree(key, make)
+
+
+def _step_before_top_layer(engine: Engine, info: ImageInfo) -> str | None:
+    """The image the build left for the step just before the image's top layer, found through the
+    parents podman (--layers) and docker's builder record; None when there is none (a pulled image)."""
+    below = info.layer_dirs[:-1]
+    parent = info.parent
+    for _ in range(256):    # a Containerfile has fewer steps
+        if not below or not parent:
+            return None
+        found = engine.find(parent)
+        if found is None or len(found.layer_dirs) < len(below):
+            return None
+        if found.layer_dirs == below:
+            return found.id
+        parent = found.parent
+    return None
+
+
+def _derive(cache: TreeCache, tree: Path, layers: tuple[str, ...], epoch: int, ref: str) -> bool:
+    """tree made from the cached tree of an image whose layers this one starts with (hard links: the cached
+    tree is never changed), plus this image's further layers replayed from the engine's layer directories.
+    False, with tree left empty, when there is no such tree or a layer cannot be replayed."""
+    base = cache.nearest_base(layers, epoch)
+    if base is None:
+        return False
+    base_tree, origin = base
+    started = time.monotonic()
+    further = layers[len(origin["layers"]):]
+    copy_tree(base_tree, tree, link_files=True)
+    applier = LayerApplier(str(tree), clamp_mtime=epoch)
+    try:
+        for layer_dir in further:
+            applier.apply_overlay_dir(layer_dir, f"{ref}: layer {Path(layer_dir).parent.name[:12]}")
+        stats = applier.finish()
+    except (UnsupportedLayerDir, UserError, OSError) as exc:
+        log.note(f"cannot replay the layers of {ref} on a cached tree ({exc}); copying the whole image")
+        remove_tree(tree)
+        private_dir(tree)
+        return False
+    os.utime(tree, (epoch, epoch))
+    cache.record_origin(tree, layers, epoch, origin["clamped"] + stats.clamped)
+    log.note(f"started from the cached tree {base_tree.parent.name[:19]}…, applied {len(further)} more "
+             f"layer(s): {stats.entries} entries, {stats.bytes / 2**20:.1f} MiB in {time.monotonic() - started:.1f}s")
+    return True
 
 
 def _flatten_saved(engine: Engine, ref: str, tree: Path, epoch: int, workdir: Path, started: float) -> None:
@@ -444,13 +559,17 @@ def _flatten_saved(engine: Engine, ref: str, tree: Path, epoch: int, workdir: Pa
         archive.unlink(missing_ok=True)
 
 
-def clamp_mtimes(tree: Path, epoch: int) -> None:
-    """Anything newer than SOURCE_DATE_EPOCH is set to it, so equal content gives equal artifacts."""
+def clamp_mtimes(tree: Path, epoch: int) -> int:
+    """Anything newer than SOURCE_DATE_EPOCH is set to it, so equal content gives equal artifacts.
+    Returns how many entries were clamped (the tree's root aside)."""
+    clamped, epoch_ns = 0, epoch * 1_000_000_000
     for _rel, dirnames, filenames, dir_fd in ImageTree(tree).walk():
         for name in [*dirnames, *filenames]:
-            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime > epoch:
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns > epoch_ns:
                 os.utime(name, (epoch, epoch), dir_fd=dir_fd, follow_symlinks=False)
+                clamped += 1
     os.utime(tree, (epoch, epoch))
+    return clamped
 
 
 def flatten_archive(spec: str, epoch: int | None, cache: TreeCache) -> tuple[Path, ArchiveImage, int]:

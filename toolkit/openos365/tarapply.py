@@ -1,5 +1,9 @@
 """Apply an image layer tar to a root tree, the way a container engine does, and safely.
 
+A layer may also come as a directory, the way the overlay storage driver keeps it unpacked (whiteouts as
+0/0 character devices, opaque directories marked by an xattr): apply_overlay_dir replays it with the same
+rules, which lets a child image's tree start from its parent's.
+
 - whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`) follow the OCI image-layer spec: they hide
   entries of lower layers only, wherever they stand in the layer (before or after the layer's own entries);
 - ownership (numeric), modes incl. setuid/setgid/sticky, hard links, symlinks, device nodes, fifos,
@@ -29,6 +33,17 @@ OPAQUE = ".wh..wh..opq"
 _RDIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class UnsupportedLayerDir(Exception):
+    """A layer directory uses an overlay feature that cannot be replayed from it alone (redirect, metacopy)."""
+
+
+class DirMember(tarfile.TarInfo):
+    """An entry of a layer directory as a tar member: its data is read from src_fd, its mtime kept to the ns."""
+
+    src_fd: int = -1
+    mtime_ns: int = 0
+
+
 class HostileLayerError(UserError):
     """A layer tar tried to write outside the root tree, or to expand beyond its limit."""
 
@@ -39,6 +54,7 @@ class ApplyStats:
     bytes: int = 0
     skipped_devices: int = 0
     skipped_xattrs: int = 0
+    clamped: int = 0          # entries whose mtime was newer than clamp_mtime
 
 
 def _clean_name(name: str, source: str) -> str:
@@ -61,7 +77,7 @@ class LayerApplier:
         self.tree = ImageTree(self.root, "layer")
         self.clamp = clamp_mtime
         self.stats = ApplyStats()
-        self.dir_meta: dict[str, tuple[int, int]] = {}    # canonical path -> (mode, mtime), applied last
+        self.dir_meta: dict[str, tuple[int, int]] = {}    # canonical path -> (mode, mtime ns), applied last
         self._parents: dict[str, tuple[int, str]] = {}     # member's parent -> (O_PATH fd, canonical path)
         self._stale_parents = False
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -78,6 +94,52 @@ class LayerApplier:
             raise UserError(f"{source}: not a readable layer tar ({exc})",
                             hint="the archive is damaged or truncated; save or pull the image again") from exc
 
+    def apply_overlay_dir(self, layer_dir: str, source: str) -> None:
+        """Apply one layer kept unpacked by the overlay storage driver (its `diff` directory), walked
+        without following any symlink. Raises UnsupportedLayerDir for what only the kernel's overlay
+        could resolve (redirected directories, metadata-only copies, user-namespace xattrs)."""
+        created: set[str] = set()
+        budget = [-1]
+        first_links: dict[tuple[int, int], str] = {}
+        for rel, _dirs, others, dir_fd in ImageTree(layer_dir, source).walk():
+            if rel:
+                xattrs = _overlay_xattrs(proc_path(dir_fd), rel)
+                opaque = xattrs.pop(_OPAQUE_XATTR, None)
+                self._apply_member(None, _dir_member(rel, os.fstat(dir_fd), xattrs), source, created, budget)
+                if opaque == b"y":
+                    self._apply_member(None, tarfile.TarInfo(f"{rel}/{OPAQUE}"), source, created, budget)
+            for name in others:
+                path = f"{rel}/{name}" if rel else name
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    whiteout = f"{rel}/{WHITEOUT}{name}" if rel else f"{WHITEOUT}{name}"
+                    self._apply_member(None, tarfile.TarInfo(whiteout), source, created, budget)
+                    continue
+                if stat.S_ISSOCK(st.st_mode):
+                    continue     # no layer tar carries sockets
+                link_key = (st.st_dev, st.st_ino)
+                if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1 and link_key in first_links:
+                    member = DirMember(path)
+                    member.type, member.linkname = tarfile.LNKTYPE, first_links[link_key]
+                    self._apply_member(None, member, source, created, budget)
+                    continue
+                first_links[link_key] = path
+                self._apply_dir_entry(dir_fd, name, path, st, source, created, budget)
+
+    def _apply_dir_entry(self, dir_fd: int, name: str, path: str, st: os.stat_result, source: str,
+                         created: set[str], budget: list[int]) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            xattrs = _overlay_xattrs(proc_path(dir_fd, name), path, follow=False)
+            self._apply_member(None, _dir_member(path, st, xattrs, dir_fd=dir_fd, name=name), source, created, budget)
+            return
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            member = _dir_member(path, os.fstat(src), _overlay_xattrs(src, path))
+            member.src_fd = src
+            self._apply_member(None, member, source, created, budget)
+        finally:
+            os.close(src)
+
     def finish(self) -> ApplyStats:
         """Directory modes and times last: entries created inside change a directory's mtime, and a
         read-only directory (Fedora's 0555 /usr/bin) must stay writable until its entries are in.
@@ -90,7 +152,7 @@ class LayerApplier:
                 continue
             try:
                 os.fchmod(fd, mode)
-                os.utime(fd, (mtime, mtime))
+                os.utime(fd, ns=(mtime, mtime))
             finally:
                 os.close(fd)
         self.dir_meta.clear()
@@ -113,7 +175,7 @@ class LayerApplier:
 
     # --- members ----------------------------------------------------------------------------------------
 
-    def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, source: str, created: set[str],
+    def _apply_member(self, tar: tarfile.TarFile | None, member: tarfile.TarInfo, source: str, created: set[str],
                       budget: list[int]) -> None:
         rel = _clean_name(member.name, source)
         if not rel:  # the root entry itself
@@ -202,7 +264,7 @@ class LayerApplier:
         for rel in [r for r in self.dir_meta if r == canonical or r.startswith(prefix)]:
             del self.dir_meta[rel]
 
-    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int, name: str, canonical: str,
+    def _create(self, tar: tarfile.TarFile | None, member: tarfile.TarInfo, fd: int, name: str, canonical: str,
                 source: str) -> None:
         existing = lstat_at(fd, name)
         if existing is not None and (stat.S_ISDIR(existing.st_mode) or stat.S_ISLNK(existing.st_mode)) \
@@ -214,7 +276,7 @@ class LayerApplier:
                 self._owner_and_xattrs(member, dir_fd)
             finally:
                 os.close(dir_fd)
-            self.dir_meta[canonical] = (member.mode & 0o7777, self._mtime(member))
+            self.dir_meta[canonical] = (member.mode & 0o7777, self._mtime_ns(member))
             return
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             shutil.rmtree(name, dir_fd=fd)   # fd-based: never follows a symlink
@@ -232,14 +294,19 @@ class LayerApplier:
             self._mknod(member, fd, name)
         # other types (GNU long-name and sparse headers are handled by tarfile itself) are ignored
 
-    def _mtime(self, member: tarfile.TarInfo) -> int:
-        return int(member.mtime if self.clamp is None else min(member.mtime, self.clamp))
+    def _mtime_ns(self, member: tarfile.TarInfo) -> int:
+        """Whole seconds from a tar (as engines extract them), nanoseconds from a layer directory."""
+        mtime = member.mtime_ns if isinstance(member, DirMember) else int(member.mtime) * 1_000_000_000
+        if self.clamp is not None and mtime > self.clamp * 1_000_000_000:
+            self.stats.clamped += 1
+            return self.clamp * 1_000_000_000
+        return mtime
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int, name: str) -> None:
+    def _write_file(self, tar: tarfile.TarFile | None, member: tarfile.TarInfo, fd: int, name: str) -> None:
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         try:
             with os.fdopen(out, "wb", closefd=False) as fh:
-                if member.sparse:
+                if member.sparse and tar is not None:
                     # The stored data segments follow each other in the archive. A streamed tarfile cannot
                     # seek its member reader (which would expand the holes anyway), so they are read from
                     # the archive stream itself; tarfile then skips forward to the next header as usual.
@@ -250,13 +317,16 @@ class LayerApplier:
                         fh.seek(offset)
                         _copy(stream, fh, length)
                     fh.truncate(member.size)
+                elif isinstance(member, DirMember):
+                    _copy_extents(member.src_fd, out, member.size)
                 else:
+                    assert tar is not None
                     src = tar.extractfile(member)
                     assert src is not None
                     _copy(src, fh, member.size)
             self._owner_and_xattrs(member, out)
             os.fchmod(out, member.mode & 0o7777)  # after chown: chown clears setuid bits
-            os.utime(out, (self._mtime(member),) * 2)
+            os.utime(out, ns=(self._mtime_ns(member),) * 2)
         finally:
             os.close(out)
 
@@ -288,7 +358,7 @@ class LayerApplier:
                 os.chown(proc_path(node), member.uid, member.gid)
             self._xattrs(member, proc_path(node), follow=True)
             os.chmod(proc_path(node), member.mode & 0o7777)
-            os.utime(proc_path(node), (self._mtime(member),) * 2)
+            os.utime(proc_path(node), ns=(self._mtime_ns(member),) * 2)
         finally:
             os.close(node)
 
@@ -296,7 +366,7 @@ class LayerApplier:
         if is_root():
             os.chown(name, member.uid, member.gid, dir_fd=fd, follow_symlinks=False)
         self._xattrs(member, proc_path(fd, name), follow=False)
-        os.utime(name, (self._mtime(member),) * 2, dir_fd=fd, follow_symlinks=False)
+        os.utime(name, ns=(self._mtime_ns(member),) * 2, dir_fd=fd, follow_symlinks=False)
 
     def _owner_and_xattrs(self, member: tarfile.TarInfo, fd: int) -> None:
         if is_root():
@@ -323,3 +393,67 @@ def _copy(src: IO[bytes], dest: IO[bytes], length: int) -> None:
             raise tarfile.ReadError("unexpected end of data")
         dest.write(chunk)
         length -= len(chunk)
+
+
+_OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+def _overlay_xattrs(target: int | str, rel: str, *, follow: bool = True) -> dict[str, bytes]:
+    """The entry's xattrs, as a layer tar would carry them (the opaque marker kept for the caller).
+
+    Any other overlay xattr means the directory alone does not say what the layer holds."""
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    xattrs: dict[str, bytes] = {}
+    for key in names:
+        if key.startswith(("trusted.overlay.", "user.overlay.")) and key != _OPAQUE_XATTR:
+            raise UnsupportedLayerDir(f"{rel}: {key}")
+        xattrs[key] = os.getxattr(target, key, follow_symlinks=follow)
+    return xattrs
+
+
+def _dir_member(path: str, st: os.stat_result, xattrs: dict[str, bytes], *, dir_fd: int = -1,
+                name: str = "") -> DirMember:
+    member = DirMember(path)
+    member.mode, member.uid, member.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    member.mtime, member.mtime_ns = st.st_mtime_ns // 1_000_000_000, st.st_mtime_ns
+    member.pax_headers = {f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape")
+                          for key, value in xattrs.items()}
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFDIR:
+        member.type = tarfile.DIRTYPE
+    elif kind == stat.S_IFREG:
+        member.type, member.size = tarfile.REGTYPE, st.st_size
+    elif kind == stat.S_IFLNK:
+        member.type, member.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dir_fd)
+    elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+        member.type = tarfile.CHRTYPE if kind == stat.S_IFCHR else tarfile.BLKTYPE
+        member.devmajor, member.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    elif kind == stat.S_IFIFO:
+        member.type = tarfile.FIFOTYPE
+    return member
+
+
+def _copy_extents(src: int, dest: int, size: int) -> None:
+    """Copy a file's data segments only, in the kernel: holes stay holes, as cp makes them."""
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:    # nothing but a hole up to the end
+                break
+            raise
+        end = min(os.lseek(src, data, os.SEEK_HOLE), size)
+        position = data
+        while position < end:
+            copied = os.copy_file_range(src, dest, end - position, position, position)
+            if copied == 0:
+                raise OSError(errno.EIO, "the file shrank while it was copied")
+            position += copied
+        offset = end
+    os.ftruncate(dest, size)

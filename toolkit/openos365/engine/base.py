@@ -24,6 +24,20 @@ class ImageInfo:
     created: int                 # epoch seconds; the default SOURCE_DATE_EPOCH of exports
     config: dict[str, Any]       # Env, Entrypoint, Cmd, Labels, ...
     digest: str | None = None    # manifest digest, when the engine knows it
+    layer_dirs: tuple[str, ...] = ()   # overlay storage: each layer unpacked, bottom first (else empty)
+    parent: str | None = None    # the image of the build step before (podman --layers, docker's builder)
+
+
+def overlay_layer_dirs(inspected: dict[str, Any]) -> tuple[str, ...]:
+    """The layer directories of an image as the overlay storage driver keeps them (`GraphDriver`: LowerDir
+    is top first, UpperDir the top layer), bottom first; () for any other driver. A directory stands for
+    one stored layer: its path never names other content while the layer exists."""
+    driver = inspected.get("GraphDriver") or {}
+    data = driver.get("Data") or {}
+    if driver.get("Name") not in ("overlay", "overlay2") or not data.get("UpperDir"):
+        return ()
+    lower = [d for d in (data.get("LowerDir") or "").split(":") if d]
+    return (*reversed(lower), data["UpperDir"])
 
 
 @dataclass(frozen=True)

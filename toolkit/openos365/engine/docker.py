@@ -9,7 +9,16 @@ from pathlib import Path
 
 from ..errors import CommandError
 from ..runner import run, succeeds
-from .base import BuildRequest, BuildWatch, Engine, ImageInfo, check_ref, parse_created, registry_error
+from .base import (
+    BuildRequest,
+    BuildWatch,
+    Engine,
+    ImageInfo,
+    check_ref,
+    overlay_layer_dirs,
+    parse_created,
+    registry_error,
+)
 
 
 class Docker(Engine):
@@ -49,7 +58,8 @@ class Docker(Engine):
         digests = data.get("RepoDigests") or []
         return ImageInfo(id=data["Id"].removeprefix("sha256:"), names=tuple(data.get("RepoTags") or ()),
                          created=parse_created(data["Created"]), config=data.get("Config") or {},
-                         digest=digests[0].split("@")[-1] if digests else None)
+                         digest=digests[0].split("@")[-1] if digests else None,
+                         layer_dirs=overlay_layer_dirs(data), parent=data.get("Parent") or None)
 
     def tag(self, ref: str, target: str) -> None:
         run(["docker", "tag", "--", check_ref(ref), check_ref(target)], capture=True)

@@ -11,7 +11,16 @@ from pathlib import Path
 from .. import log, userns
 from ..errors import CommandError, UserError
 from ..runner import run, succeeds
-from .base import BuildRequest, BuildWatch, Engine, ImageInfo, check_ref, parse_created, registry_error
+from .base import (
+    BuildRequest,
+    BuildWatch,
+    Engine,
+    ImageInfo,
+    check_ref,
+    overlay_layer_dirs,
+    parse_created,
+    registry_error,
+)
 
 _REGISTRY_HINT = ("check that the registry is reachable and the name is right; for a registry without TLS "
                   "pass --no-tls-verify; log in with `podman login` (credentials stay in its auth file)")
@@ -98,6 +107,8 @@ class Podman(Engine):
             created=parse_created(data["Created"]),
             config=data.get("Config") or {},
             digest=data.get("Digest"),
+            layer_dirs=overlay_layer_dirs(data),
+            parent=data.get("Parent") or None,
         )
 
     def tag(self, ref: str, target: str) -> None:
