@@ -22,3 +22,9 @@ bench:
     .venv/bin/python bench/disk.py
     .venv/bin/python bench/iso.py
     .venv/bin/python bench/change.py
+
+# openos365 and mkosi side by side (about 10 minutes; root, Debian's archive), and growth with image size
+bench-peers:
+    .venv/bin/python bench/peers.py
+bench-scale:
+    .venv/bin/python bench/scale.py

@@ -476,3 +476,35 @@ def test_bad_bootstrap_recipe(tmp_path, text, named):
 def test_the_shipped_recipe_loads():
     recipe = build.load_recipe(Path(__file__).resolve().parents[2] / "Containerfiles/debian-bookworm")
     assert recipe.image == "localhost/openos365/debian:bookworm" and "systemd" in recipe.include
+
+
+# 10. a transient failure of chroot isolation is retried once, and only that one
+
+MEMFD_RACE = ("STEP 5/12: RUN apt-get update", "Close_Fd sealing memfd copy: Device or resource busy",
+              "subprocess exited with status 1", 'Error: building at STEP "RUN apt-get update": exit status 1')
+
+
+@pytest.mark.parametrize("failures,tail,builds", [
+    (1, MEMFD_RACE, 2),              # retried, then built
+    (2, MEMFD_RACE, 2),              # retried once only: the second failure is the user's
+    (1, PODMAN_RUN_FAILS, 1),        # a failing step is never retried
+])
+def test_the_memfd_race_of_chroot_builds_is_retried_once(tmp_path, monkeypatch, failures, tail, builds):
+    monkeypatch.setenv("OPENOS365_ISOLATION", "chroot")
+    calls: list[list[str]] = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(argv)
+        if len(calls) <= failures:
+            raise CommandError(argv, 1, list(tail))
+        iidfile = next(a for a in argv if a.startswith("--iidfile=")).split("=", 1)[1]
+        Path(iidfile).write_text("sha256:ab\n")
+
+    monkeypatch.setattr(podman_mod, "run", fake_run)
+    request = BuildRequest(containerfile=tmp_path / "Containerfile", context=tmp_path, tags=["x"])
+    if failures < builds:
+        assert podman_mod.Podman().build(request) == "ab"
+    else:
+        with pytest.raises(CommandError):
+            podman_mod.Podman().build(request)
+    assert len(calls) == builds

@@ -38,6 +38,11 @@ def _tls_flags(tls_verify: bool, authfile: str | None) -> list[str]:
     return flags
 
 
+# containers/storage re-executes the engine from a sealed memfd copy for each chroot RUN step; sealing fails
+# with EBUSY while another mapping of that copy is still writable (seen once in dozens of builds here).
+_MEMFD_RACE = "sealing memfd copy: Device or resource busy"
+
+
 class Podman(Engine):
     name = "podman"
     binary = "podman"
@@ -90,10 +95,16 @@ class Podman(Engine):
         watch = BuildWatch(on_line)
         with tempfile.TemporaryDirectory(prefix="openos365-build-") as tmp:
             iidfile = os.path.join(tmp, "iid")
-            try:
-                run(self._build_argv(request, iidfile, isolation), on_line=watch)
-            except CommandError as exc:
-                raise watch.error(exc, request.containerfile) from exc
+            for attempt in (1, 2):
+                try:
+                    run(self._build_argv(request, iidfile, isolation), on_line=watch)
+                    break
+                except CommandError as exc:
+                    if attempt == 1 and isolation == "chroot" and any(_MEMFD_RACE in line for line in exc.tail):
+                        log.note("the engine could not seal its own binary's copy (a transient kernel race "
+                                 "of chroot isolation); building again, from the steps it cached")
+                        continue
+                    raise watch.error(exc, request.containerfile) from exc
             return Path(iidfile).read_text().strip().removeprefix("sha256:")
 
     def exists(self, ref: str) -> bool:
