@@ -29,7 +29,7 @@ from change import developer_loop
 from common import REPO, cleanup, openos365, scratch, sh
 
 PEERS = REPO.parent / "shared" / "peers"
-TARGETS = {"cold": "<= 0.9x mkosi", "change": "<= 7 s (aim 6 s)", "again": "< 1 s"}
+TARGETS = {"cold": "ours/mkosi <= 0.9", "change": "<= 7 s (aim 6 s: mkosi/10)", "again": "< 1 s"}
 
 
 def ours_cold(compression: str) -> float:
@@ -130,17 +130,17 @@ def peer(rows: list[str], work: Path) -> dict[str, float]:
 
 def table(rows: list[str], theirs: dict[str, float], mine: dict[str, dict[str, float]]) -> None:
     print()
-    print(f"| {'work':<7} | {'mkosi 14':>9} | {'ours, none':>10} | {'mkosi/ours':>10} | {'ours, zstd':>10} | target |")
+    print(f"| {'work':<7} | {'mkosi 14':>9} | {'ours, none':>10} | {'ours/mkosi':>10} | {'ours, zstd':>10} | target |")
     print("|---|---:|---:|---:|---:|---|")
     for row in rows:
         peer_s = theirs.get(row)
         none_s, zstd_s = mine.get("none", {}).get(row), mine.get("zstd", {}).get(row)
         shown = [f"{v:.1f} s" if v is not None else "n/a" for v in (peer_s, none_s)]
-        speedup = f"{peer_s / none_s:.2f}x" if peer_s and none_s else "n/a"
+        speedup = f"{none_s / peer_s:.2f}" if peer_s and none_s else "n/a"
         zstd = f"{zstd_s:.1f} s" if zstd_s is not None else "n/a"
         print(f"| {row:<7} | {shown[0]:>9} | {shown[1]:>10} | {speedup:>10} | {zstd:>10} | {TARGETS[row]} |")
-    if theirs.get("cold") and mine.get("none", {}).get("cold"):
-        print(f"\ncold: ours / mkosi = {mine['none']['cold'] / theirs['cold']:.2f} (target <= 0.9)")
+    if theirs.get("change") and mine.get("none", {}).get("change"):
+        print(f"\none-line change: {theirs['change'] / mine['none']['change']:.1f}x faster than mkosi --incremental")
 
 
 def main() -> None:

@@ -64,6 +64,32 @@ def test_boots_under_bios(qcow2):
     assert fields["users"].split() == ["alice"]
 
 
+def test_boots_with_secure_boot_enforcing_through_the_images_signed_shim_and_grub(qcow2):
+    import json
+
+    manifest = json.loads((qcow2.parent / "manifest.json").read_text())["artifacts"]["server.qcow2"]
+    assert manifest["disk"]["secure_boot"] == "Debian's signed shim and GRUB"
+    fields = boot(qcow2, firmware="uefi", secure_boot=True).fields
+    assert fields["secure_boot"] == "enabled"
+    assert fields["state"] == "running" and fields["failed"] == ""
+
+
+def test_an_unsigned_boot_loader_does_not_boot_under_the_enforcing_firmware(server_image, tmp_path):
+    """Proves the firmware enforces: the same image with grub-mkimage's unsigned BOOTX64.EFI is refused."""
+    from openos365.errors import BootTestError
+
+    cli("export", "--to", "raw", "layers/server", "-o", str(tmp_path), "--secure-boot", "off", "--firmware", "uefi")
+    with pytest.raises(BootTestError) as err:
+        boot_test(BootRequest(artifact=tmp_path / "server.raw", workdir=REPO / ".openos365", timeout=180,
+                              firmware="uefi", secure_boot=True))
+    message = str(err.value)
+    assert "no boot report within 180s" in message
+    # OVMF's boot manager refuses what fails verification ("Access Denied" for the disk, "Security
+    # Violation" for its own unsigned shell), then tries the network; no kernel ever printed a line
+    assert "Access Denied" in message or "Security Violation" in message
+    assert "[    0." not in message and "Linux version" not in message
+
+
 def test_boots_under_uefi_and_root_grows_to_the_bigger_disk_once(qcow2):
     report = boot(qcow2, firmware="uefi", grow=2 * GIB, boots=2)
     fields = report.fields

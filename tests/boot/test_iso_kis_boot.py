@@ -107,15 +107,20 @@ def test_iso_carries_a_hybrid_mbr_and_a_gpt_with_the_efi_partition(iso_image):
     listing = subprocess.run(["mdir", "-b", "-i", f"{iso_image}@@{first * 512}", "::/EFI/BOOT"],
                              capture_output=True, text=True, check=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout
     assert "BOOTX64.EFI" in listing
+    assert "grubx64.efi" in listing   # layers/server has Debian's signed shim and GRUB: Secure Boot by default
 
 
 # --- the ISO, booted -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("medium, firmware", [("cdrom", "bios"), ("cdrom", "uefi"), ("usb", "uefi")])
-def test_iso_boots_live(iso_image, medium, firmware):
-    fields = boot(iso_image, firmware=firmware, medium=medium)
+@pytest.mark.parametrize("medium, firmware, secure_boot", [
+    ("cdrom", "bios", False), ("cdrom", "uefi", False), ("usb", "uefi", False),
+    ("cdrom", "uefi", True), ("usb", "uefi", True),
+], ids=["cdrom-bios", "cdrom-uefi", "usb-uefi", "cdrom-uefi-secure-boot", "usb-uefi-secure-boot"])
+def test_iso_boots_live(iso_image, medium, firmware, secure_boot):
+    fields = boot(iso_image, firmware=firmware, medium=medium, secure_boot=secure_boot)
     assert fields["root_fstype"] == "overlay"  # the squashfs under a writable overlay in RAM
     assert "boot=live" in fields["cmdline"] and "console=ttyS0,115200" in fields["cmdline"]
+    assert fields["secure_boot"] == ("enabled" if secure_boot else "bios" if firmware == "bios" else "disabled")
 
 
 # --- the KIS set ------------------------------------------------------------------------------------------

@@ -80,3 +80,35 @@ def test_a_killed_export_leaves_no_artifact_and_nothing_the_next_run_trips_over(
     leftovers = [p.name for p in out.iterdir() if ".partial-" in p.name or p.name.startswith(".openos365-work")]
     assert leftovers == []
     assert not list((tmp_path / "wd2/rootfs").glob("*.tmp-*"))
+
+
+def test_pruning_renames_trees_away_and_deletes_them_once_in_the_background(tmp_path):
+    """Old trees vanish from their keys at once (a kill midway leaves no half tree under a key); what a dead
+    process was deleting is claimed by one pruner only; the deleting thread raises nothing."""
+    import threading
+
+    from openos365.rootfs import _KEEP_TREES, TreeCache
+
+    cache = TreeCache(tmp_path)
+    for number in range(_KEEP_TREES + 3):
+        entry = cache.base / f"engine-{number:064d}-1-root"
+        (entry / "tree/usr/lib").mkdir(parents=True)
+        (entry / "tree/usr/lib/file").write_text("x")
+        (entry / "complete").write_text("x\n")
+        os.utime(entry, (number, number))
+    abandoned = cache.base / "engine-old-1-root.tmp-999999999-gone-abcd"   # no such process
+    (abandoned / "tree").mkdir(parents=True)
+    errors: list[BaseException] = []
+    threading.excepthook = lambda args: errors.append(args.exc_value)   # type: ignore[assignment]
+    try:
+        cache._prune(keep="none")
+        cache._prune(keep="none")      # sees the same dead process's leftovers: must not delete them twice
+        for thread in threading.enumerate():
+            if thread.name == "prune trees":
+                thread.join()
+    finally:
+        threading.excepthook = threading.__excepthook__   # type: ignore[attr-defined]
+    assert errors == []
+    left = sorted(p.name for p in cache.base.iterdir())
+    newest = [f"engine-{n:064d}-1-root" for n in range(_KEEP_TREES + 3)][-(_KEEP_TREES - 1):]
+    assert left == newest, left    # nothing else: no half-deleted tree, no lock file of a pruned one

@@ -167,8 +167,8 @@ def test_prepared_tree_has_no_identity_uuid_fstab_or_repart(tmp_path):
 def test_efi_boot_image_is_fat_and_reproducible(tmp_path):
     efi = tmp_path / "BOOTX64.EFI"
     efi.write_bytes(b"MZ" + bytes(1_500_000))
-    first = iso.make_efiboot(efi, tmp_path / "a.img", EPOCH)
-    second = iso.make_efiboot(efi, tmp_path / "b.img", EPOCH)
+    first = iso.make_efiboot({"/EFI/BOOT/BOOTX64.EFI": efi}, tmp_path / "a.img", EPOCH)
+    second = iso.make_efiboot({"/EFI/BOOT/BOOTX64.EFI": efi}, tmp_path / "b.img", EPOCH)
     data = first.read_bytes()
     assert len(data) % (1 << 20) == 0 and len(data) >= 2 << 20
     assert data[510:512] == b"\x55\xaa" and b"EFIBOOT" in data[:90]

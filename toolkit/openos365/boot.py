@@ -104,6 +104,97 @@ def grub_modules(root: Path | ImageTree, platform: str, scratch: Path) -> Path:
                     hint=f"add {package} to the layer (Debian) or install it on the host")
 
 
+@dataclass(frozen=True)
+class SignedLayout:
+    """Where a distribution keeps its signed UEFI boot chain. `vendor` is the \\EFI\\<vendor> directory its
+    signed GRUB takes as prefix (it reads grub.cfg there, or else next to itself)."""
+
+    distribution: str
+    shim: tuple[str, ...]          # candidates, best first (paths in the image)
+    grub: tuple[str, ...]
+    mok_manager: tuple[str, ...]
+    vendor: str
+    packages: str                  # what to add to a layer
+
+
+SIGNED_LAYOUTS = (
+    SignedLayout("Debian", ("usr/lib/shim/shimx64.efi.signed",), ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",),
+                 ("usr/lib/shim/mmx64.efi.signed",), "debian", "shim-signed grub-efi-amd64-signed"),
+    SignedLayout("Ubuntu", ("usr/lib/shim/shimx64.efi.signed.latest", "usr/lib/shim/shimx64.efi.signed.previous"),
+                 ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",), ("usr/lib/shim/mmx64.efi.signed",),
+                 "ubuntu", "shim-signed grub-efi-amd64-signed"),
+    SignedLayout("Fedora", ("boot/efi/EFI/fedora/shimx64.efi",), ("boot/efi/EFI/fedora/grubx64.efi",),
+                 ("boot/efi/EFI/fedora/mmx64.efi",), "fedora", "shim-x64 grub2-efi-x64"),
+    SignedLayout("openSUSE", ("usr/share/efi/x86_64/shim.efi",), ("usr/share/efi/x86_64/grub.efi",),
+                 ("usr/share/efi/x86_64/MokManager.efi",), "opensuse", "shim grub2-x86_64-efi"),
+)
+
+
+@dataclass(frozen=True)
+class SignedBoot:
+    """The image's signed shim and GRUB (and MokManager, when it has one): firmware -> shim -> GRUB ->
+    the signed kernel, as each distribution ships them."""
+
+    distribution: str
+    shim: str
+    grub: str
+    mok_manager: str | None
+    vendor: str
+
+
+def find_signed_boot(root: Path | ImageTree) -> SignedBoot | None:
+    tree = as_tree(root)
+
+    def first(candidates: tuple[str, ...]) -> str | None:
+        return next((path for path in candidates if tree.is_file(path)), None)
+
+    for layout in SIGNED_LAYOUTS:
+        shim, grub_efi = first(layout.shim), first(layout.grub)
+        if shim and grub_efi:
+            return SignedBoot(layout.distribution, shim, grub_efi, first(layout.mok_manager), layout.vendor)
+    return None
+
+
+def secure_boot_chain(root: Path | ImageTree, secure_boot: str, firmware: str) -> SignedBoot | None:
+    """The signed chain the UEFI path boots through, or None for grub-mkimage's own (unsigned) image.
+    `--secure-boot on` without the signed binaries is an error before any work, naming the packages."""
+    if firmware == "bios" or secure_boot == "off":
+        return None
+    signed = find_signed_boot(root)
+    if signed is None and secure_boot == "on":
+        raise UserError("--secure-boot on: the image has no signed shim and GRUB to boot through",
+                        hint=signed_boot_hint(root) + ", or export with --secure-boot off")
+    return signed
+
+
+def signed_efi_files(root: Path | ImageTree, signed: SignedBoot, chain_cfg: str, work: Path) -> dict[str, Path]:
+    """ESP path -> host copy: shim as the removable-media loader \\EFI\\BOOT\\BOOTX64.EFI, the signed GRUB beside
+    it (shim loads grubx64.efi from its own directory), MokManager, and the config that hands over to the
+    real one, both next to GRUB and in its built-in prefix \\EFI\\<vendor>. No fallback (fbx64.efi): it
+    would write boot entries into the machine's NVRAM and reset."""
+    tree = as_tree(root)
+    work.mkdir(parents=True, exist_ok=True)
+    files = {"/EFI/BOOT/BOOTX64.EFI": tree.copy_out(signed.shim, work / "shimx64.efi"),
+             "/EFI/BOOT/grubx64.efi": tree.copy_out(signed.grub, work / "grubx64.efi")}
+    if signed.mok_manager:
+        files["/EFI/BOOT/mmx64.efi"] = tree.copy_out(signed.mok_manager, work / "mmx64.efi")
+    config = work / "grub.cfg"
+    config.write_text(chain_cfg)
+    files["/EFI/BOOT/grub.cfg"] = config
+    files[f"/EFI/{signed.vendor}/grub.cfg"] = config
+    return files
+
+
+def signed_boot_hint(root: Path | ImageTree) -> str:
+    """Which packages give an image of this distribution its signed boot chain."""
+    words = " ".join(os_release(root).get(k, "") for k in ("ID", "ID_LIKE")).lower()
+    for layout in SIGNED_LAYOUTS:
+        if layout.vendor in words.split() or layout.distribution.lower() in words:
+            return f"add {layout.packages} to the layer"
+    return "add the distribution's signed shim and GRUB to the layer (Debian: shim-signed grub-efi-amd64-signed; " \
+           "Fedora: shim-x64 grub2-efi-x64; openSUSE: shim grub2-x86_64-efi)"
+
+
 def os_release(root: Path | ImageTree) -> dict[str, str]:
     """The image's os-release fields (etc/os-release, else usr/lib/os-release)."""
     tree = as_tree(root)

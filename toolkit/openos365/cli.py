@@ -124,6 +124,8 @@ def export(
     name: Annotated[str | None, typer.Option(help="artifact base name (default: layer name)")] = None,
     size: Annotated[str | None, typer.Option(help="disk size, e.g. 4G (default: content + headroom)")] = None,
     firmware: Annotated[str | None, typer.Option(help="bios | uefi | both")] = None,
+    secure_boot: Annotated[str | None, typer.Option(help="UEFI through the image's signed shim and GRUB: auto (when "
+                                                    "the image has them) | on | off")] = None,
     kernel_cmdline: Annotated[str | None, typer.Option(help="extra kernel command line")] = None,
     hostname: Annotated[str | None, typer.Option(help="host name of the system")] = None,
     user: Annotated[str | None, typer.Option(help="create this user (sudo rights)")] = None,
@@ -145,7 +147,7 @@ def export(
 
     overrides = {
         "size": parse_size(size, where="--size") if size else None, "firmware": firmware,
-        "kernel_cmdline": kernel_cmdline, "hostname": hostname, "user": user,
+        "secure_boot": secure_boot, "kernel_cmdline": kernel_cmdline, "hostname": hostname, "user": user,
         "ssh_key": str(ssh_key) if ssh_key else None, "compression": compression, "rootfs": rootfs,
         "label": label, "publisher": publisher, "wsl_format": wsl_format, "name": name,
     }
@@ -164,12 +166,17 @@ def test(
     memory: Annotated[str, typer.Option(help="guest memory")] = "1536M",
     boots: Annotated[int, typer.Option(min=1, help="boot the same disk this many times (later boots must change "
                                        "nothing)")] = 1,
+    secure_boot: Annotated[bool, typer.Option("--secure-boot", help="UEFI firmware with Microsoft's keys, Secure "
+                                              "Boot enforcing; fails unless the system reports it enabled "
+                                              "(implies --firmware uefi)")] = False,
 ) -> None:
     """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
     from .config import parse_size
     from .qemu import BootRequest, boot_test
 
-    report = boot_test(BootRequest(artifact=artifact, firmware=firmware, medium=as_,
+    if secure_boot and firmware == "bios":
+        firmware = "uefi"
+    report = boot_test(BootRequest(artifact=artifact, firmware=firmware, medium=as_, secure_boot=secure_boot,
                                    grow=parse_size(grow, where="--grow") if grow else None,
                                    timeout=timeout, memory=memory, workdir=workdir(), boots=boots))
     for key, value in report.fields.items():   # what the booted system said, for --verbose and --json

@@ -17,6 +17,7 @@ from .engine.base import check_ref
 from .errors import UserError, shown
 
 FIRMWARES = ("bios", "uefi", "both")
+SECURE_BOOT = ("auto", "on", "off")
 COMPRESSIONS = ("zstd", "xz", "gzip", "none")
 ROOTFS_TYPES = ("squashfs", "ext4", "erofs")
 WSL_FORMATS = ("tar.gz", "wsl")
@@ -66,6 +67,7 @@ class ExportOptions:
 
     size: int | None = None              # disk size in bytes; None = content + headroom
     firmware: str = "both"               # bios | uefi | both
+    secure_boot: str = "auto"            # UEFI via the image's signed shim + GRUB: auto (when it has them) | on | off
     kernel_cmdline: str = ""             # appended to the generated cmdline
     hostname: str | None = None
     user: str | None = None              # a user created in the image, with sudo rights
@@ -88,6 +90,8 @@ def validate_export(opts: ExportOptions, *, where: str) -> ExportOptions:
 
     if opts.firmware not in FIRMWARES:
         raise bad("firmware", opts.firmware, FIRMWARES)
+    if opts.secure_boot not in SECURE_BOOT:
+        raise bad("secure_boot", opts.secure_boot, SECURE_BOOT)
     if opts.compression is not None and opts.compression not in COMPRESSIONS:
         raise bad("compression", opts.compression, COMPRESSIONS)
     if opts.rootfs not in ROOTFS_TYPES:

@@ -22,6 +22,10 @@ PORT_NAME = "org.openos365.boot-check"
 OVMF_PAIRS = (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
               ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
               ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"))
+# firmware with Microsoft's UEFI CA and keys enrolled (what stock PCs and clouds trust), Secure Boot enforcing
+SECURE_OVMF_PAIRS = (("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+                     ("/usr/share/OVMF/OVMF_CODE.ms.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"),
+                     ("/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd"))
 DISK_SUFFIXES = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhdx": "vhdx", ".vhd": "vpc"}
 MEDIA = ("disk", "cdrom", "usb")
 LOGIN_GRACE = 90   # seconds to wait for a report after a login prompt (images without the unit)
@@ -37,6 +41,7 @@ class BootRequest:
     memory: str = "1536M"
     workdir: Path = Path(".openos365")
     boots: int = 1                  # boot the same (throw-away) disk again: first-boot work must not repeat
+    secure_boot: bool = False       # UEFI firmware with Microsoft's keys, Secure Boot enforcing
 
 
 @dataclass
@@ -75,9 +80,12 @@ def parse_report(text: str) -> dict[str, str] | None:
     return fields
 
 
-def judge(fields: dict[str, str], grow: int | None) -> list[str]:
+def judge(fields: dict[str, str], grow: int | None, secure_boot: bool = False) -> list[str]:
     """What is wrong with a report (empty: a good boot)."""
     problems = []
+    if secure_boot and fields.get("secure_boot") != "enabled":
+        problems.append(f"Secure Boot was '{fields.get('secure_boot', 'not reported')}' in the booted system, not "
+                        "'enabled' (the firmware did not enforce it)")
     if fields.get("state") != "running":
         problems.append(f"system state is '{fields.get('state')}', not 'running'")
     if fields.get("failed"):
@@ -143,17 +151,23 @@ def _kvm_probe(scratch: Path) -> bool:
 
 # --- command line ------------------------------------------------------------------------------------
 
-def firmware_args(firmware: str, work: Path) -> list[str]:
+def firmware_args(firmware: str, work: Path, secure_boot: bool = False) -> list[str]:
+    """qemu's firmware; Secure Boot needs SMM and a flash only SMM may write (else the OS could change the
+    keys), hence the machine option and the pflash property."""
     if firmware == "bios":
+        if secure_boot:
+            raise UserError("--secure-boot needs --firmware uefi")
         return []
     if firmware != "uefi":
         raise UserError(f"--firmware {firmware}: use bios or uefi")
-    for code, variables in OVMF_PAIRS:
+    for code, variables in SECURE_OVMF_PAIRS if secure_boot else OVMF_PAIRS:
         if os.path.exists(code) and os.path.exists(variables):
             shutil.copyfile(variables, work / "OVMF_VARS.fd")
-            return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else []
+            return [*secure, "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={work / 'OVMF_VARS.fd'}"]
-    raise UserError("no OVMF firmware found for --firmware uefi",
+    what = "with Microsoft's keys enrolled (OVMF_CODE_4M.ms.fd)" if secure_boot else ""
+    raise UserError(f"no OVMF firmware {what} found for --firmware uefi".replace("  ", " "),
                     hint="install it: apt-get install ovmf (Fedora: dnf install edk2-ovmf)")
 
 
@@ -219,7 +233,8 @@ def _json(argv: list[str]) -> dict:
 
 def qemu_argv(req: BootRequest, work: Path, accel: str) -> tuple[list[str], str]:
     drives, mode = medium_args(req, work)
-    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", accel, "-m", req.memory,
+    machine = "q35,smm=on" if req.secure_boot else "q35"
+    argv = ["qemu-system-x86_64", "-machine", machine, "-accel", accel, "-m", req.memory,
             "-smp", str(min(2, os.cpu_count() or 1)), "-display", "none", "-no-reboot", "-nodefaults",
             "-chardev", f"file,id=console,path={work / 'console.log'}", "-serial", "chardev:console",
             "-device", "virtio-serial-pci",
@@ -228,7 +243,7 @@ def qemu_argv(req: BootRequest, work: Path, accel: str) -> tuple[list[str], str]
             "-nic", "user,model=virtio-net-pci", "-device", "virtio-rng-pci"]
     if accel == "kvm":
         argv += ["-cpu", "host"]
-    argv += firmware_args(req.firmware, work) + drives
+    argv += firmware_args(req.firmware, work, req.secure_boot) + drives
     return argv, mode
 
 
@@ -241,7 +256,7 @@ def boot_test(req: BootRequest) -> BootReport:
     accel = accelerator(work)
     try:
         argv, mode = qemu_argv(req, work, accel)
-        mode = f"{mode}, {req.firmware}"
+        mode = f"{mode}, {req.firmware}" + (", Secure Boot" if req.secure_boot else "")
         earlier: list[dict[str, str]] = []
         for number in range(1, req.boots + 1):
             title = f"Booting {req.artifact.name} ({mode}, {accel})" + (f", boot {number}" if req.boots > 1 else "")
@@ -297,7 +312,7 @@ def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str)
             proc.wait()
     report.seconds = time.monotonic() - started
     report.console_tail = _read(work / "console.log").splitlines()[-40:]
-    problems = judge(report.fields, req.grow) if report.fields else []
+    problems = judge(report.fields, req.grow, req.secure_boot) if report.fields else []
     if problems:
         raise BootTestError(f"{req.artifact.name} booted but is not healthy: " + "; ".join(problems),
                             hint="boot it by hand with `openos365 test --verbose`, or look at the units named")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tarfile
@@ -429,18 +430,40 @@ class TreeCache:
         A dropped tree is renamed away first (it is gone for every reader at once, and a kill midway leaves
         no half tree under its key), then deleted in a background thread while the export goes on; the
         interpreter waits for that thread before it exits."""
-        doomed = [p for p in self.base.iterdir() if ".tmp-" in p.name and _abandoned(p.name)]
-        trees = sorted((p for p in self.base.iterdir() if (p / "complete").exists() and p.name != keep),
+        doomed = [_claim(p) for p in self.base.iterdir() if ".tmp-" in p.name and _abandoned(p.name)]
+        trees = sorted((p for p in self.base.iterdir()
+                        if ".tmp-" not in p.name and p.name != keep and (p / "complete").exists()),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         for old in trees[_KEEP_TREES - 1:]:
             locks = [self._try_exclusive(old.name, kind) for kind in ("use", "fill")]
             if None not in locks:
-                doomed.append(old.rename(old.with_name(f"{old.name}.tmp-{os.getpid()}-pruned")))
+                doomed.append(_claim(old))
+                for kind in ("use", "fill"):    # held: nobody waits on them
+                    (self.base / f"{old.name}.{kind}.lock").unlink(missing_ok=True)
             for fd in locks:
                 if fd is not None:
                     self._release(fd)
-        if doomed:
-            threading.Thread(target=lambda: [remove_tree(p) for p in doomed], name="prune trees").start()
+        claimed = [p for p in doomed if p is not None]
+        if claimed:
+            threading.Thread(target=_remove_quietly, args=(claimed,), name="prune trees").start()
+
+
+def _claim(path: Path) -> Path | None:
+    """path renamed to a name of this process (which no other process, nor this one, takes as abandoned);
+    None when another process claimed it first."""
+    try:
+        return path.rename(path.with_name(f"{path.name.partition('.tmp-')[0]}.tmp-{os.getpid()}-gone-"
+                                          f"{secrets.token_hex(4)}"))
+    except FileNotFoundError:
+        return None
+
+
+def _remove_quietly(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            remove_tree(path)
+        except OSError as exc:   # a later run removes what is left (its owner is gone by then)
+            log.note(f"could not remove the pruned tree {path.name}: {exc}")
 
 
 def _abandoned(name: str) -> bool:

@@ -61,6 +61,12 @@ def search_by_label(label: str) -> str:
     return f"search --no-floppy --label --set=root {label}"
 
 
+def chain_config(search: str) -> str:
+    """The grub.cfg a distribution's signed GRUB reads from the ESP: find the root, hand over to its config."""
+    return (f"# written by openos365: find the system, then use its own GRUB configuration\n{search}\n"
+            "set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n")
+
+
 def early_config(search: str, path: Path) -> Path:
     """The config embedded in a GRUB image: find the root and the prefix with grub.cfg."""
     path.write_text(f"{search}\nset prefix=($root)/boot/grub\n")

@@ -74,7 +74,9 @@ class DiskExporter(Exporter):
             "mkfs.ext4 -d the tree straight into the root partition",
         ]
         if fw != "bios":
-            steps.append("mkfs.vfat the ESP and copy GRUB's BOOTX64.EFI into it with mtools")
+            steps.append("mkfs.vfat the ESP and copy into it with mtools: the image's signed shim (as BOOTX64.EFI) "
+                         "and GRUB with a grub.cfg that finds the root (Secure Boot; --secure-boot "
+                         f"{ctx.options.secure_boot}), else GRUB's own BOOTX64.EFI")
         if fw != "uefi":
             steps.append("write GRUB core.img into the BIOS boot partition and boot.img into the MBR")
         if self.format.qemu_format:
@@ -109,6 +111,7 @@ def build_raw_disk(ctx: ExportContext) -> tuple[Path, Layout, dict[str, Any]]:
     seed = f"{source.image_id}:{ctx.name}"
     ids = {name: boot.derive_uuid(seed, name) for name in ("disk", "bios", "esp", "root", "rootfs")}
     kernel = boot.find_kernel(source.tree)
+    signed = boot.secure_boot_chain(source.tree, options.secure_boot, options.firmware)
     modules_dir = ctx.scratch_dir("grub-modules")
     grub_dirs = {p: boot.grub_modules(source.tree, p, modules_dir) for p in platforms(options.firmware)}
     tree_dir = ctx.scratch_dir("tree")
@@ -130,9 +133,11 @@ def build_raw_disk(ctx: ExportContext) -> tuple[Path, Layout, dict[str, Any]]:
         write_partition_table(str(image), layout)
         mkfs_ext4(image, offset=layout.root.start, size=layout.root.size, tree=tree_dir, uuid=ids["rootfs"],
                   label="root", epoch=epoch)
-        install_bootloaders(image, layout, grub_dirs, ctx, ids["rootfs"])
+        install_bootloaders(image, layout, grub_dirs, ctx, ids["rootfs"], signed)
+    secure = {"secure_boot": f"{signed.distribution}'s signed shim and GRUB" if signed else False} \
+        if options.firmware != "bios" else {}
     return image, layout, {"firmware": options.firmware, "root_fs_uuid": ids["rootfs"], "kernel": kernel.version,
-                           "kernel_cmdline": cmdline, **user}
+                           "kernel_cmdline": cmdline, **secure, **user}
 
 
 def prepare_disk_tree(tree: ImageTree, ctx: ExportContext, kernel: boot.Kernel, root_uuid: str, cmdline: str,
@@ -171,16 +176,22 @@ def platforms(firmware: str) -> list[str]:
 
 
 def install_bootloaders(image: Path, layout: Layout, grub_dirs: dict[str, Path], ctx: ExportContext,
-                        root_uuid: str) -> None:
-    """GRUB images made from the module copies (never from paths inside the image tree)."""
+                        root_uuid: str, signed: boot.SignedBoot | None) -> None:
+    """GRUB images made from the module copies (never from paths inside the image tree); for UEFI with
+    Secure Boot, the image's own signed shim and GRUB instead."""
     work = ctx.scratch_dir("grub")
     early = grub.early_config(grub.search_by_uuid(root_uuid), work / "early.cfg")
     esp = layout.get("esp")
     if esp is not None:
-        efi = grub.mkimage(fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"], early_cfg=early,
-                           output=work / "BOOTX64.EFI", modules=grub.DISK_EFI_MODULES)
+        if signed is not None:
+            files = boot.signed_efi_files(ctx.source.tree, signed, grub.chain_config(grub.search_by_uuid(root_uuid)),
+                                          work / "signed")
+        else:
+            files = {"/EFI/BOOT/BOOTX64.EFI": grub.mkimage(fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"],
+                                                           early_cfg=early, output=work / "BOOTX64.EFI",
+                                                           modules=grub.DISK_EFI_MODULES)}
         mkfs_vfat(image, offset=esp.start, size=esp.size, label="ESP")
-        fat_copy(image, esp.start, {"/EFI/BOOT/BOOTX64.EFI": efi}, ctx.source.epoch)
+        fat_copy(image, esp.start, files, ctx.source.epoch)
     bios = layout.get("bios")
     if bios is not None:
         core = grub.mkimage(fmt="i386-pc", module_dir=grub_dirs["i386-pc"], early_cfg=early,

@@ -122,15 +122,16 @@ def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind:
     return stage
 
 
-def make_efiboot(efi_binary: Path, output: Path, epoch: int) -> Path:
-    """A FAT image holding \\EFI\\BOOT\\BOOTX64.EFI: the UEFI El Torito image and GPT partition 2."""
+def make_efiboot(files: dict[str, Path], output: Path, epoch: int) -> Path:
+    """A FAT image holding \\EFI\\BOOT\\BOOTX64.EFI (and, for Secure Boot, the rest of the signed chain):
+    the UEFI El Torito image and GPT partition 2."""
     mib = 1 << 20
-    wanted = efi_binary.stat().st_size * 5 // 4 + mib // 2        # FAT tables, directories, slack
+    wanted = sum(path.stat().st_size for path in files.values()) * 5 // 4 + mib // 2   # FAT tables, slack
     size = max(2 * mib, -(-wanted // mib) * mib)
     with open(output, "wb") as fh:
         fh.truncate(size)
     mkfs_vfat(output, offset=0, size=size, label="EFIBOOT", fat32=False)
-    fat_copy(output, 0, {"/EFI/BOOT/BOOTX64.EFI": efi_binary}, epoch)
+    fat_copy(output, 0, files, epoch)
     os.utime(output, (epoch, epoch))
     return output
 
@@ -173,7 +174,9 @@ class IsoExporter(Exporter):
             f"mksquashfs the tree ({options.compression or 'zstd level 9'}, times pinned to SOURCE_DATE_EPOCH)",
             f"stage the kernel, initrd and grub.cfg (label {options.label}, serial + screen console, "
             f"default entry after {GRUB_TIMEOUT}s); grub-mkimage i386-pc-eltorito and x86_64-efi",
-            "mkfs.vfat a small EFI boot image and copy BOOTX64.EFI into it with mtools",
+            "mkfs.vfat a small EFI boot image and copy into it with mtools the image's signed shim (as "
+            f"BOOTX64.EFI), GRUB and a grub.cfg that finds the ISO (--secure-boot {options.secure_boot}), "
+            "else GRUB's own BOOTX64.EFI",
             "xorriso: El Torito BIOS + UEFI, GRUB hybrid MBR, EFI image appended as GPT partition 2",
             f"rename to {ctx.outdir / (ctx.name + '.iso')}, write .sha256 and manifest.json",
         ]
@@ -183,6 +186,7 @@ class IsoExporter(Exporter):
         squashfs_only(options)
         kernel = boot.find_kernel(ctx.source.tree)
         kind = live_kind(ctx.source.tree)
+        signed = boot.secure_boot_chain(ctx.source.tree, options.secure_boot, "uefi")
         with log.step("Preparing the live root tree"):
             tree, user = boot.prepare_live_tree(ctx.source.tree, ctx.scratch_dir("tree"), name=ctx.name,
                                                 options=options, epoch=epoch)
@@ -193,9 +197,14 @@ class IsoExporter(Exporter):
             grub_dirs = {p: boot.grub_modules(tree, p, work) for p in ("i386-pc", "x86_64-efi")}
             early = grub.early_config(grub.search_by_label(options.label), work / "early.cfg")
             stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs)
-            efi = grub.mkimage(fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"],
-                               early_cfg=early, output=work / "BOOTX64.EFI", modules=EFI_MODULES)
-            efiboot = make_efiboot(efi, work / "efiboot.img", epoch)
+            if signed is not None:
+                files = boot.signed_efi_files(tree, signed, grub.chain_config(grub.search_by_label(options.label)),
+                                              work / "signed")
+            else:
+                files = {"/EFI/BOOT/BOOTX64.EFI": grub.mkimage(
+                    fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"], early_cfg=early,
+                    output=work / "BOOTX64.EFI", modules=EFI_MODULES)}
+            efiboot = make_efiboot(files, work / "efiboot.img", epoch)
         directory, image_name = LIVE_LAYOUT[kind]
         final = ctx.outdir / f"{ctx.name}.iso"
         with log.step("Writing the ISO (xorriso)"), atomic_path(final) as temp:
@@ -210,5 +219,6 @@ class IsoExporter(Exporter):
             "kernel_cmdline": live_cmdline(kind, options.label, options.kernel_cmdline),
             "root_image": f"/{directory}/{image_name}", "compression": options.compression or "zstd",
             "squashfs_size": squashfs.stat().st_size,
+            "secure_boot": f"{signed.distribution}'s signed shim and GRUB" if signed else False,
             "boots": ["bios-cdrom", "uefi-cdrom", "bios-usb (hybrid MBR)", "uefi-usb (GPT partition 2)"],
             **user}}
