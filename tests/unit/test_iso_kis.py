@@ -306,3 +306,22 @@ def test_iso_media(tmp_path, medium, needle):
     image.write_bytes(b"")
     argv, mode = qemu.medium_args(qemu.BootRequest(artifact=image, medium=medium, workdir=tmp_path), tmp_path)
     assert mode == f"iso-{medium}" and needle in " ".join(argv)
+
+
+def test_an_install_medium_boots_the_installer_by_default_and_keeps_a_live_entry():
+    config = iso.grub_cfg("live-boot", "OPENOS365", "server",
+                          install="openos365.stay openos365.install=install/server.raw.zst")
+    titles = [line for line in config.splitlines() if line.startswith("menuentry")]
+    assert titles[0].startswith('menuentry "Install server to this machine\'s disk"') and len(titles) == 2
+    first, second = config.split("menuentry")[1:3]
+    assert "openos365.install=install/server.raw.zst" in first and "boot=live" in first
+    assert "openos365.install" not in second and "set default=0" in config
+
+
+def test_install_iso_needs_the_disk_tools_too():
+    from openos365.config import ExportOptions
+    from openos365.exporters import EXPORTERS
+
+    needed = EXPORTERS["install-iso"].required_tools(ExportOptions())
+    assert {"xorriso", "mksquashfs", "sfdisk", "mkfs.ext4", "zstd"} <= set(needed)
+    assert "zstd" not in EXPORTERS["iso"].required_tools(ExportOptions())

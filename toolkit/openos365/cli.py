@@ -135,6 +135,8 @@ def export(
     label: Annotated[str | None, typer.Option(help="ISO volume label")] = None,
     publisher: Annotated[str | None, typer.Option(help="ISO publisher field")] = None,
     wsl_format: Annotated[str | None, typer.Option(help="tar.gz | wsl")] = None,
+    unattended: Annotated[bool, typer.Option("--unattended", help="install ISO: install without asking for a "
+                                             "confirmation (an ambiguous target disk is still refused)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, build nothing")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="make the artifact anew, even when an earlier "
                                            "export of the same image with the same options can be reused")] = False,
@@ -150,6 +152,7 @@ def export(
         "secure_boot": secure_boot, "kernel_cmdline": kernel_cmdline, "hostname": hostname, "user": user,
         "ssh_key": str(ssh_key) if ssh_key else None, "compression": compression, "rootfs": rootfs,
         "label": label, "publisher": publisher, "wsl_format": wsl_format, "name": name,
+        "unattended": unattended or None,
     }
     run_export(source, to, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
                tls_verify=tls_verify, no_cache=no_cache)
@@ -169,6 +172,10 @@ def test(
     secure_boot: Annotated[bool, typer.Option("--secure-boot", help="UEFI firmware with Microsoft's keys, Secure "
                                               "Boot enforcing; fails unless the system reports it enabled "
                                               "(implies --firmware uefi)")] = False,
+    install_onto: Annotated[str | None, typer.Option(help="install ISO: boot it with blank disks of this size "
+                                                     "(e.g. 4G), wait for the install, then boot the installed "
+                                                     "disk alone and check that root grew")] = None,
+    install_disks: Annotated[int, typer.Option(min=1, help="how many blank disks --install-onto attaches")] = 1,
 ) -> None:
     """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
     from .config import parse_size
@@ -178,7 +185,9 @@ def test(
         firmware = "uefi"
     report = boot_test(BootRequest(artifact=artifact, firmware=firmware, medium=as_, secure_boot=secure_boot,
                                    grow=parse_size(grow, where="--grow") if grow else None,
-                                   timeout=timeout, memory=memory, workdir=workdir(), boots=boots))
+                                   timeout=timeout, memory=memory, workdir=workdir(), boots=boots,
+                                   install_onto=parse_size(install_onto, where="--install-onto") if install_onto
+                                   else None, install_disks=install_disks))
     for key, value in report.fields.items():   # what the booted system said, for --verbose and --json
         log.note(f"report: {key}={value}")
     log.done(report.summary())

@@ -77,6 +77,7 @@ class ExportOptions:
     label: str = "OPENOS365"             # ISO volume label
     publisher: str = "openos365"
     wsl_format: str = "tar.gz"
+    unattended: bool = False             # install ISO: install without asking (an ambiguous target is still refused)
     name: str | None = None              # base name of the artifacts; default: the layer/image name
 
     def merged(self, overrides: dict[str, Any]) -> ExportOptions:

@@ -7,6 +7,7 @@ off. Images without that unit are judged by a login prompt on the serial console
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -42,6 +43,8 @@ class BootRequest:
     workdir: Path = Path(".openos365")
     boots: int = 1                  # boot the same (throw-away) disk again: first-boot work must not repeat
     secure_boot: bool = False       # UEFI firmware with Microsoft's keys, Secure Boot enforcing
+    install_onto: int | None = None  # install ISO: blank disks of this size; install, then boot the first alone
+    install_disks: int = 1
 
 
 @dataclass
@@ -60,16 +63,18 @@ class BootReport:
             return f"{self.artifact.name} booted ({self.mode}, {self.accel}) in {self.seconds:.0f}s: {self.note}"
         size = int(self.fields.get("root_fs_size", "0") or 0)
         disk = int(self.fields.get("disk_size", "0") or 0)
-        return (f"{self.artifact.name} booted ({self.mode}, {self.accel}) in {self.seconds:.0f}s: state "
+        installed = next((f"installed onto {e['target']}, then " for e in self.earlier if e.get("target")), "")
+        return (f"{self.artifact.name} {installed}booted ({self.mode}, {self.accel}) in {self.seconds:.0f}s: state "
                 f"{self.fields.get('state')}, root {self.fields.get('root_source')} {self.fields.get('root_fstype')} "
                 f"{log.human_size(size)}" + (f" on a {log.human_size(disk)} disk" if disk else ""))
 
 
-def parse_report(text: str) -> dict[str, str] | None:
-    """The key=value lines between OPENOS365-BOOT-CHECK and END; None until END has arrived."""
-    if "OPENOS365-BOOT-CHECK" not in text:
+def parse_report(text: str, header: str = "OPENOS365-BOOT-CHECK") -> dict[str, str] | None:
+    """The key=value lines between the header (the boot check's, or the installer's) and END; None until END
+    has arrived."""
+    if header not in text:
         return None
-    body = text.split("OPENOS365-BOOT-CHECK", 1)[1]
+    body = text.split(header, 1)[1]
     if "\nEND" not in body:
         return None
     fields = {}
@@ -255,6 +260,8 @@ def boot_test(req: BootRequest) -> BootReport:
     work.mkdir(parents=True)
     accel = accelerator(work)
     try:
+        if req.install_onto:
+            return _install_then_boot(req, work, accel)
         argv, mode = qemu_argv(req, work, accel)
         mode = f"{mode}, {req.firmware}" + (", Secure Boot" if req.secure_boot else "")
         earlier: list[dict[str, str]] = []
@@ -317,6 +324,59 @@ def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str)
         raise BootTestError(f"{req.artifact.name} booted but is not healthy: " + "; ".join(problems),
                             hint="boot it by hand with `openos365 test --verbose`, or look at the units named")
     return report
+
+
+def _install_then_boot(req: BootRequest, work: Path, accel: str) -> BootReport:
+    """Boot the install ISO with blank disks attached, wait until the installer has written, verified and
+    powered off, then boot the first disk alone: it must come up healthy with its root grown to the disk."""
+    if req.artifact.suffix != ".iso":
+        raise UserError(f"--install-onto: {req.artifact.name} is not an install ISO",
+                        hint="export one with openos365 export --to install-iso")
+    assert req.install_onto is not None
+    targets = [work / f"target{number}.qcow2" for number in range(req.install_disks)]
+    for target in targets:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), str(req.install_onto)],
+            step="create a blank target disk", capture=True)
+    argv, mode = qemu_argv(req, work, accel)
+    for target in targets:
+        argv += ["-drive", f"file={target},format=qcow2,if=virtio"]
+    title = f"Installing from {req.artifact.name} ({mode}, {req.firmware}, {accel}) onto {len(targets)} blank " \
+            f"disk(s) of {log.human_size(req.install_onto)}"
+    with log.step(title):
+        installed = _watch_install(argv, work, req)
+    (work / "report.txt").unlink(missing_ok=True)
+    disk = dataclasses.replace(req, artifact=targets[0], medium=None, install_onto=None, grow=None)
+    argv, _ = qemu_argv(disk, work, accel)
+    with log.step(f"Booting the installed disk ({req.firmware}, {accel})"):
+        report = _watch(argv, work, disk, f"installed disk, {req.firmware}", accel)
+    report.artifact, report.earlier = req.artifact, [installed]
+    problems = growth_problems(report.fields)
+    if problems:
+        raise BootTestError("the installed disk booted but " + "; ".join(problems),
+                            hint="systemd-repart grows the root partition on first boot; see its unit's log")
+    return report
+
+
+def _watch_install(argv: list[str], work: Path, req: BootRequest) -> dict[str, str]:
+    started = time.monotonic()
+    proc = spawn(argv)
+    try:
+        while True:
+            time.sleep(1)
+            fields = parse_report(_read(work / "report.txt"), "OPENOS365-INSTALL")
+            if fields is not None and fields.get("result") != "installed":
+                raise _failure(f"the installer stopped: {fields.get('reason', 'no reason given')}", work, proc)
+            if proc.poll() is not None:
+                if fields is not None:
+                    return fields
+                raise _failure(f"qemu stopped (exit status {proc.returncode}) before the installer reported",
+                               work, proc)
+            if time.monotonic() - started > req.timeout:
+                raise _failure(f"the installer did not finish within {req.timeout}s", work, proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_poweroff(proc: subprocess.Popen[bytes], seconds: int = 120) -> None:

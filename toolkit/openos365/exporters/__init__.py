@@ -15,6 +15,7 @@ EXPORTERS: dict[str, Exporter] = {
     "tar": TarExporter(),
     **{fmt: DiskExporter(fmt) for fmt in DISK_FORMATS},
     "iso": IsoExporter(),
+    "install-iso": IsoExporter(install=True),
     "kis": KisExporter(),
     "docker": DockerArchiveExporter(),
     "oci": OciArchiveExporter(),

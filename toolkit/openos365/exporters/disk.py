@@ -12,14 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import boot, log, tools
+from .. import log, tools
 from ..artifacts import atomic_path
-from ..disk import grub
-from ..disk.filesystems import fat_copy, mkfs_ext4, mkfs_vfat
-from ..disk.layout import Layout, plan, write_partition_table
+from ..disk.image import build_raw_disk
 from ..errors import UserError
-from ..imagetree import ImageTree
-from ..rootfs import clamp_mtimes, copy_tree
 from ..runner import run
 from .base import ExportContext, Exporter
 
@@ -102,99 +98,3 @@ class DiskExporter(Exporter):
                         capture=True)
         return [final], {"disk": {"format": self.name, "virtual_size": layout.total,
                                   "partitions": layout.describe(), **details}}
-
-
-def build_raw_disk(ctx: ExportContext) -> tuple[Path, Layout, dict[str, Any]]:
-    """The raw disk in the scratch directory; the layout; manifest details."""
-    source, options = ctx.source, ctx.options
-    epoch = source.epoch
-    seed = f"{source.image_id}:{ctx.name}"
-    ids = {name: boot.derive_uuid(seed, name) for name in ("disk", "bios", "esp", "root", "rootfs")}
-    kernel = boot.find_kernel(source.tree)
-    signed = boot.secure_boot_chain(source.tree, options.secure_boot, options.firmware)
-    modules_dir = ctx.scratch_dir("grub-modules")
-    grub_dirs = {p: boot.grub_modules(source.tree, p, modules_dir) for p in platforms(options.firmware)}
-    tree_dir = ctx.scratch_dir("tree")
-    tree = ImageTree(tree_dir, "the disk's tree")
-    with log.step("Preparing the root tree"):
-        copy_tree(source.tree, tree_dir, link_files=True)  # every change below replaces files, never edits them
-        cmdline = " ".join(filter(None, [f"root=UUID={ids['rootfs']} ro", boot.SERIAL_CONSOLE,
-                                         options.kernel_cmdline]))
-        user = prepare_disk_tree(tree, ctx, kernel, ids["rootfs"], cmdline, grub_dirs)
-    with log.step("Sizing the disk"):
-        content, inodes = boot.tree_size(tree)
-        layout = plan(content_bytes=content, inodes=inodes, size=options.size, firmware=options.firmware, ids=ids)
-        log.info(f"{log.human_size(layout.total)} disk, root {log.human_size(layout.root.size)} "
-                 f"for {log.human_size(content)} of files")
-    image = ctx.scratch / "disk.raw"
-    with log.step("Writing the disk"):
-        with open(image, "wb") as fh:
-            fh.truncate(layout.total)
-        write_partition_table(str(image), layout)
-        mkfs_ext4(image, offset=layout.root.start, size=layout.root.size, tree=tree_dir, uuid=ids["rootfs"],
-                  label="root", epoch=epoch)
-        install_bootloaders(image, layout, grub_dirs, ctx, ids["rootfs"], signed)
-    secure = {"secure_boot": f"{signed.distribution}'s signed shim and GRUB" if signed else False} \
-        if options.firmware != "bios" else {}
-    return image, layout, {"firmware": options.firmware, "root_fs_uuid": ids["rootfs"], "kernel": kernel.version,
-                           "kernel_cmdline": cmdline, **secure, **user}
-
-
-def prepare_disk_tree(tree: ImageTree, ctx: ExportContext, kernel: boot.Kernel, root_uuid: str, cmdline: str,
-                      grub_dirs: dict[str, Path]) -> dict[str, Any]:
-    options, epoch = ctx.options, ctx.source.epoch
-    boot.clear_identity(tree, epoch)
-    boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
-    boot.set_resolver(tree)
-    user = boot.add_user(tree, options.user, options.ssh_key, epoch)
-    tree.write("etc/fstab", f"# written by openos365\nUUID={root_uuid} / ext4 defaults,x-systemd.growfs 0 1\n",
-               mtime=epoch)
-    if boot.has_repart(tree):
-        tree.write("etc/repart.d/50-openos365-root.conf",
-                   "# grow the root partition (last on the disk) to fill the disk on first boot\n"
-                   "[Partition]\nType=root-x86-64\n", mtime=epoch)
-    else:
-        log.warn("the image has no systemd-repart: the root partition will not grow on first boot "
-                 "(add systemd >= 245 with systemd-repart, or cloud-initramfs-growroot, to the layer)")
-    tree.mkdir("boot/grub")   # replaces an image's boot/grub symlink: it must not lead anywhere else
-    for platform, modules in grub_dirs.items():
-        tree.remove(f"boot/grub/{platform}")
-        tree.copy_dir_in(modules, f"boot/grub/{platform}")
-    entry = grub.MenuEntry(
-        title=ctx.name,
-        kernel=f"/{kernel.kernel_link or kernel.kernel}",
-        initrd=f"/{kernel.initrd_link or kernel.initrd}",
-        cmdline=cmdline)
-    tree.write("boot/grub/grub.cfg", grub.config([entry], search=grub.search_by_uuid(root_uuid), timeout=1),
-               mtime=epoch)
-    clamp_mtimes(tree.root, epoch)
-    return user
-
-
-def platforms(firmware: str) -> list[str]:
-    return [p for p, fw in (("i386-pc", "bios"), ("x86_64-efi", "uefi")) if firmware in (fw, "both")]
-
-
-def install_bootloaders(image: Path, layout: Layout, grub_dirs: dict[str, Path], ctx: ExportContext,
-                        root_uuid: str, signed: boot.SignedBoot | None) -> None:
-    """GRUB images made from the module copies (never from paths inside the image tree); for UEFI with
-    Secure Boot, the image's own signed shim and GRUB instead."""
-    work = ctx.scratch_dir("grub")
-    early = grub.early_config(grub.search_by_uuid(root_uuid), work / "early.cfg")
-    esp = layout.get("esp")
-    if esp is not None:
-        if signed is not None:
-            files = boot.signed_efi_files(ctx.source.tree, signed, grub.chain_config(grub.search_by_uuid(root_uuid)),
-                                          work / "signed")
-        else:
-            files = {"/EFI/BOOT/BOOTX64.EFI": grub.mkimage(fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"],
-                                                           early_cfg=early, output=work / "BOOTX64.EFI",
-                                                           modules=grub.DISK_EFI_MODULES)}
-        mkfs_vfat(image, offset=esp.start, size=esp.size, label="ESP")
-        fat_copy(image, esp.start, files, ctx.source.epoch)
-    bios = layout.get("bios")
-    if bios is not None:
-        core = grub.mkimage(fmt="i386-pc", module_dir=grub_dirs["i386-pc"], early_cfg=early,
-                            output=work / "core.img", modules=grub.DISK_BIOS_MODULES)
-        grub.install_bios(image, core_img=core, boot_img=grub_dirs["i386-pc"] / "boot.img",
-                          core_lba=bios.start_sector)

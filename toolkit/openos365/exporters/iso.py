@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .. import boot, log
-from ..artifacts import atomic_path
+from ..artifacts import atomic_path, sha256_of
 from ..disk import grub
 from ..disk.filesystems import fat_copy, make_squashfs, mkfs_vfat
+from ..disk.image import build_raw_disk
 from ..errors import UserError
 from ..imagetree import ImageTree
 from ..runner import run
@@ -79,14 +81,18 @@ def live_cmdline(kind: str, label: str, extra: str = "") -> str:
     return " ".join(filter(None, [live, boot.SERIAL_CONSOLE, extra]))
 
 
-def grub_cfg(kind: str, label: str, title: str, extra: str = "") -> str:
-    """Two entries: the default (boots on its own after GRUB_TIMEOUT s) and one that copies the root to RAM."""
+def grub_cfg(kind: str, label: str, title: str, extra: str = "", install: str | None = None) -> str:
+    """Two entries: the default (boots on its own after GRUB_TIMEOUT s) and one that copies the root to RAM.
+    An install medium's default entry runs the installer with `install` (its kernel parameters) instead."""
     directory = LIVE_LAYOUT[kind][0]
     to_ram = "toram" if kind == "live-boot" else "rd.live.ram=1"
     kernel, initrd = f"/{directory}/vmlinuz", f"/{directory}/initrd.img"
     cmdline = live_cmdline(kind, label, extra)
     entries = [grub.MenuEntry(f"{title} (live)", kernel, initrd, cmdline),
                grub.MenuEntry(f"{title} (live, copied to RAM)", kernel, initrd, f"{cmdline} {to_ram}")]
+    if install is not None:
+        entries = [grub.MenuEntry(f"Install {title} to this machine's disk", kernel, initrd,
+                                  f"{cmdline} {install}"), entries[0]]
     return grub.config(entries, search=grub.search_by_label(label), timeout=GRUB_TIMEOUT)
 
 
@@ -101,7 +107,7 @@ def touch_all(path: Path, epoch: int) -> None:
 
 
 def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind: str, early: Path,
-                 grub_dirs: dict[str, Path]) -> Path:
+                 grub_dirs: dict[str, Path], install: str | None = None) -> Path:
     """The ISO's files: kernel and initrd where the live initrd looks, GRUB's config, modules, BIOS image."""
     stage = ctx.scratch_dir("stage")
     directory = stage / LIVE_LAYOUT[kind][0]
@@ -111,7 +117,7 @@ def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind:
     grub_dir = stage / "boot/grub"
     grub_dir.mkdir(parents=True)
     options = ctx.options
-    (grub_dir / "grub.cfg").write_text(grub_cfg(kind, options.label, ctx.name, options.kernel_cmdline))
+    (grub_dir / "grub.cfg").write_text(grub_cfg(kind, options.label, ctx.name, options.kernel_cmdline, install))
     for platform, source in grub_dirs.items():  # for `insmod` in GRUB's shell; the images embed what boots
         (grub_dir / platform).mkdir()
         for module in sorted([*source.glob("*.mod"), *source.glob("*.lst")]):
@@ -142,7 +148,8 @@ def iso_date(epoch: int) -> str:
 
 
 def xorriso_argv(*, stage: Path, output: Path, squashfs: Path, squashfs_path: str, efiboot: Path, mbr: Path,
-                 label: str, publisher: str, application: str, epoch: int) -> list[str]:
+                 label: str, publisher: str, application: str, epoch: int,
+                 extra: dict[str, Path] | None = None) -> list[str]:
     return [
         "xorriso", "-as", "mkisofs", "-iso-level", "3", "-full-iso9660-filenames", "-joliet", "-joliet-long",
         "-rational-rock", "-volid", label, "-publisher", publisher, "-appid", application,
@@ -155,20 +162,42 @@ def xorriso_argv(*, stage: Path, output: Path, squashfs: Path, squashfs_path: st
         "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
         "-append_partition", "2", "0xef", str(efiboot), "-appended_part_as_gpt",
         "-graft-points", str(stage), f"{squashfs_path}={squashfs}",
+        *(f"{iso_path}={host}" for iso_path, host in sorted((extra or {}).items())),
     ]
 
 
 # --- the exporter -------------------------------------------------------------------------------------
 
 class IsoExporter(Exporter):
-    name = "iso"
-    description = "hybrid live ISO: boots as CD or USB stick, BIOS and UEFI, root in RAM overlay"
+    """--to iso, and --to install-iso: the same live medium carrying the disk (as --to raw makes it),
+    which its default boot entry writes to the machine's disk."""
+
     tools = ("cp", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "xorriso")
+
+    def __init__(self, install: bool = False):
+        self.install = install
+        self.name = "install-iso" if install else "iso"
+        self.description = ("OEM install ISO (CD or USB stick, BIOS and UEFI): writes the disk image to the "
+                            "machine's disk, verifies it, powers off" if install else
+                            "hybrid live ISO: boots as CD or USB stick, BIOS and UEFI, root in RAM overlay")
+
+    def required_tools(self, options: Any) -> list[str]:
+        disk = ["sfdisk", "mkfs.ext4", "zstd"] if self.install else []
+        return [*self.tools, *disk]
 
     def plan(self, ctx: ExportContext) -> list[str]:
         options = ctx.options
-        return [
+        steps = [
             "check the image can boot live (live-boot or dracut dmsquash-live in its initrd)",
+        ]
+        if self.install:
+            steps += [
+                "make the disk as --to raw does (GPT, BIOS + UEFI, grows on first boot); zstd-compress it, "
+                "with its sha256 and size, for /install on the medium",
+                "add the installer (/usr/libexec/openos365/install and its unit) to the live tree; default "
+                "boot entry: install" + (", unattended" if options.unattended else ", after a confirmation"),
+            ]
+        steps += [
             f"copy the tree; hostname {options.hostname or ctx.name}, empty machine-id, no SSH host keys, "
             "fstab without a root entry, no /etc/repart.d" + (f", user {options.user}" if options.user else ""),
             f"mksquashfs the tree ({options.compression or 'zstd level 9'}, times pinned to SOURCE_DATE_EPOCH)",
@@ -178,8 +207,13 @@ class IsoExporter(Exporter):
             f"BOOTX64.EFI), GRUB and a grub.cfg that finds the ISO (--secure-boot {options.secure_boot}), "
             "else GRUB's own BOOTX64.EFI",
             "xorriso: El Torito BIOS + UEFI, GRUB hybrid MBR, EFI image appended as GPT partition 2",
-            f"rename to {ctx.outdir / (ctx.name + '.iso')}, write .sha256 and manifest.json",
+            f"rename to {ctx.outdir / (ctx.name + self._suffix)}, write .sha256 and manifest.json",
         ]
+        return steps
+
+    @property
+    def _suffix(self) -> str:
+        return ".install.iso" if self.install else ".iso"
 
     def export(self, ctx: ExportContext) -> tuple[list[Path], dict[str, Any]]:
         options, epoch = ctx.options, ctx.source.epoch
@@ -187,16 +221,19 @@ class IsoExporter(Exporter):
         kernel = boot.find_kernel(ctx.source.tree)
         kind = live_kind(ctx.source.tree)
         signed = boot.secure_boot_chain(ctx.source.tree, options.secure_boot, "uefi")
+        payload, install_args, installed = disk_payload(ctx) if self.install else ({}, None, {})
         with log.step("Preparing the live root tree"):
             tree, user = boot.prepare_live_tree(ctx.source.tree, ctx.scratch_dir("tree"), name=ctx.name,
                                                 options=options, epoch=epoch)
+            if self.install:
+                add_installer(tree, epoch)
         squashfs = make_squashfs(tree.root, ctx.scratch / "root.squashfs", options.compression, epoch)
         os.utime(squashfs, (epoch, epoch))
         with log.step("Writing the boot loaders"):
             work = ctx.scratch_dir("grub")
             grub_dirs = {p: boot.grub_modules(tree, p, work) for p in ("i386-pc", "x86_64-efi")}
             early = grub.early_config(grub.search_by_label(options.label), work / "early.cfg")
-            stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs)
+            stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs, install_args)
             if signed is not None:
                 files = boot.signed_efi_files(tree, signed, grub.chain_config(grub.search_by_label(options.label)),
                                               work / "signed")
@@ -206,13 +243,13 @@ class IsoExporter(Exporter):
                     output=work / "BOOTX64.EFI", modules=EFI_MODULES)}
             efiboot = make_efiboot(files, work / "efiboot.img", epoch)
         directory, image_name = LIVE_LAYOUT[kind]
-        final = ctx.outdir / f"{ctx.name}.iso"
+        final = ctx.outdir / f"{ctx.name}{self._suffix}"
         with log.step("Writing the ISO (xorriso)"), atomic_path(final) as temp:
             argv = xorriso_argv(stage=stage, output=temp, squashfs=squashfs, squashfs_path=f"/{directory}/"
                                 f"{image_name}", efiboot=efiboot,
                                 mbr=grub_dirs["i386-pc"] / "boot_hybrid.img",
                                 label=options.label, publisher=options.publisher,
-                                application=f"{ctx.name} (openos365)", epoch=epoch)
+                                application=f"{ctx.name} (openos365)", epoch=epoch, extra=payload)
             run(argv, step="xorriso", capture=True, env={"SOURCE_DATE_EPOCH": str(epoch)})
         return [final], {"iso": {
             "label": options.label, "live": kind, "kernel": kernel.version,
@@ -221,4 +258,40 @@ class IsoExporter(Exporter):
             "squashfs_size": squashfs.stat().st_size,
             "secure_boot": f"{signed.distribution}'s signed shim and GRUB" if signed else False,
             "boots": ["bios-cdrom", "uefi-cdrom", "bios-usb (hybrid MBR)", "uefi-usb (GPT partition 2)"],
-            **user}}
+            **installed, **user}}
+
+
+INSTALLER = "usr/libexec/openos365/install"
+INSTALLER_UNIT = "etc/systemd/system/openos365-install.service"
+
+
+def disk_payload(ctx: ExportContext) -> tuple[dict[str, Path], str, dict[str, Any]]:
+    """The disk as --to raw makes it, zstd-compressed (single-threaded: the same bytes on any machine), and
+    a file with its sha256 and size: ISO path -> host file, the installer's kernel parameters, details."""
+    raw, layout, details = build_raw_disk(ctx)
+    with log.step("Compressing the disk image"):
+        digest = sha256_of(raw)
+        packed = ctx.scratch / f"{ctx.name}.raw.zst"
+        run(["zstd", "-q", "-3", "--single-thread", "-o", str(packed), str(raw)], step="zstd the disk image",
+            capture=True)
+        raw.unlink()
+    info = ctx.scratch / f"{ctx.name}.raw.zst.info"
+    info.write_text(f"sha256={digest}\nsize={layout.total}\n")
+    for path in (packed, info):
+        os.utime(path, (ctx.source.epoch,) * 2)
+    rel = f"install/{ctx.name}.raw.zst"
+    args = " ".join(["openos365.stay", f"openos365.install={rel}",
+                     *(["openos365.install.unattended"] if ctx.options.unattended else [])])
+    return ({f"/{rel}": packed, f"/{rel}.info": info}, args,
+            {"install": {"disk_image": f"/{rel}", "raw_sha256": digest, "raw_size": layout.total,
+                         "compressed_size": packed.stat().st_size, "unattended": ctx.options.unattended,
+                         "disk": {"virtual_size": layout.total, "partitions": layout.describe(), **details}}})
+
+
+def add_installer(tree: ImageTree, epoch: int) -> None:
+    """The installer and its unit, written into the live tree (never into the image)."""
+    data = resources.files("openos365").joinpath("data", "install")
+    tree.write(INSTALLER, data.joinpath("openos365-install").read_text(), mode=0o755, mtime=epoch)
+    tree.write(INSTALLER_UNIT, data.joinpath("openos365-install.service").read_text(), mtime=epoch)
+    tree.symlink("etc/systemd/system/multi-user.target.wants/openos365-install.service",
+                 "/etc/systemd/system/openos365-install.service")
