@@ -203,3 +203,24 @@ def test_wsl_of_a_bootable_image_drops_kernel_and_boot_loaders(space: Path) -> N
     manifest = json.loads((space / "server" / "manifest.json").read_text())["artifacts"]["server.wsl"]
     assert "linux-image-amd64" in manifest["purged_packages"]
     assert not [p for p in manifest["packages"] if p.startswith(("linux-image", "grub-"))]
+
+
+def test_several_formats_from_one_flatten_into_one_manifest(base_image, tmp_path):
+    import json
+
+    cfg = tmp_path / "release.yaml"
+    cfg.write_text("formats:\n  tar: {}\n  wsl: {wsl_format: wsl}\n  docker: {name: base-image}\n")
+    out = tmp_path / "out"
+    result = cli("-v", "--workdir", str(tmp_path / "wd"), "export", "layers/base", "-c", str(cfg), "-o", str(out))
+    assert result.stderr.count("> Flattening localhost/openos365/base:latest") == 1   # flattened once
+    assert "is cached" in result.stderr                                        # the next format reused it
+    manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert sorted(manifest) == ["base-image.docker", "base.tar", "base.wsl"]
+    for entry in manifest.values():
+        for name, meta in entry["files"].items():
+            assert (out / name).stat().st_size == meta["size"]
+    assert "3 formats of layers/base" in result.stderr
+    # --to picks some of the config's formats, with the config's options for them
+    cli("--workdir", str(tmp_path / "wd"), "export", "layers/base", "-c", str(cfg), "--to", "docker",
+        "-o", str(tmp_path / "one"))
+    assert [p.name for p in (tmp_path / "one").glob("*.tar")] == ["base-image.docker.tar"]

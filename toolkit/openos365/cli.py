@@ -118,9 +118,14 @@ def _formats_help() -> str:
 
 @app.command()
 def export(
-    source: Annotated[str, typer.Argument(help="layer dir, image ref, docker://REF, oci-archive:FILE, ...")],
-    to: Annotated[str, typer.Option("--to", "-t", help=_formats_help())],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output directory")] = Path("out"),
+    source: Annotated[str | None, typer.Argument(help="layer dir, image ref, docker://REF, oci-archive:FILE, ... "
+                                                 "(or the config's source:)")] = None,
+    to: Annotated[str | None, typer.Option("--to", "-t", help=_formats_help() + "; several: --to qcow2,iso,wsl "
+                                           "(default with -c: the config's formats)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="export config (YAML): source, output, "
+                                                "defaults and the formats with their own options; flags win")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="output directory [default: out, or the "
+                                                "config's output:]")] = None,
     name: Annotated[str | None, typer.Option(help="artifact base name (default: layer name)")] = None,
     size: Annotated[str | None, typer.Option(help="disk size, e.g. 4G (default: content + headroom)")] = None,
     firmware: Annotated[str | None, typer.Option(help="bios | uefi | both")] = None,
@@ -143,9 +148,10 @@ def export(
     engine: EngineOpt = None,
     tls_verify: TlsOpt = True,
 ) -> None:
-    """Export an image to an artifact: `openos365 export --to qcow2 layers/server`."""
+    """Export an image to an artifact: `openos365 export --to qcow2 layers/server`; several formats from one
+    flatten: `--to qcow2,iso,wsl` or `-c release.yaml`."""
     from .config import parse_size
-    from .export import run_export
+    from .export import run_exports
 
     overrides = {
         "size": parse_size(size, where="--size") if size else None, "firmware": firmware,
@@ -154,8 +160,8 @@ def export(
         "label": label, "publisher": publisher, "wsl_format": wsl_format, "name": name,
         "unattended": unattended or None,
     }
-    run_export(source, to, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
-               tls_verify=tls_verify, no_cache=no_cache)
+    run_exports(source, to, config, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
+                tls_verify=tls_verify, no_cache=no_cache)
 
 
 @app.command()

@@ -219,16 +219,68 @@ def _matching(path: Path, data: dict[str, Any], key: str, pattern: re.Pattern[st
 
 
 def export_options_from(data: dict[str, Any], path: Path, base: ExportOptions | None = None) -> ExportOptions:
-    known = {f.name for f in fields(ExportOptions)}
-    _unknown(path, data, known, prefix="export.")
+    values = export_values_from(data, path, prefix="export.")
+    return validate_export(dataclasses.replace(base or ExportOptions(), **values), where=shown(path))
+
+
+def export_values_from(data: dict[str, Any], path: Path, *, prefix: str) -> dict[str, Any]:
+    """Export options from a YAML mapping, typed as ExportOptions holds them: unknown keys named, sizes
+    parsed, switches true/false, everything else one value."""
+    known = {f.name: f for f in fields(ExportOptions)}
+    _unknown(path, data, set(known), prefix=prefix)
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key == "size":
-            values[key] = parse_size(_typed(path, "export.size", value, (str, int)),
-                                     where=f"{shown(path)}: export.size")
+            values[key] = parse_size(_typed(path, f"{prefix}size", value, (str, int)),
+                                     where=f"{shown(path)}: {prefix}size")
+        elif isinstance(known[key].default, bool):
+            values[key] = _typed(path, f"{prefix}{key}", value, bool)
         else:
-            values[key] = str(_typed(path, f"export.{key}", value, (str, int, float)))
-    return validate_export(dataclasses.replace(base or ExportOptions(), **values), where=shown(path))
+            values[key] = str(_typed(path, f"{prefix}{key}", value, (str, int, float)))
+    return values
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """An export config (`openos365 export -c release.yaml`): one source, several formats, each with its own
+    options on top of `defaults` (which sit on top of the layer's `export:`)."""
+
+    path: Path
+    source: str | None
+    output: Path | None
+    defaults: dict[str, Any]
+    formats: dict[str, dict[str, Any]]
+
+    def overrides(self, fmt: str) -> dict[str, Any]:
+        return {**self.defaults, **self.formats.get(fmt, {})}
+
+
+_CONFIG_KEYS = {"source", "output", "defaults", "formats"}
+_CONFIG_NEEDS = ("an export config needs 'formats:', a mapping of output formats to their options "
+                 "(see docs/release.example.yaml)")
+
+
+def load_export_config(path: Path, known_formats: list[str]) -> ExportConfig:
+    data = load_yaml_mapping(path, needs=_CONFIG_NEEDS)
+    _unknown(path, data, _CONFIG_KEYS)
+    formats_data = _mapping(path, data, "formats")
+    if not formats_data:
+        raise UserError(f"{shown(path)}: 'formats' lists no format", hint=_CONFIG_NEEDS)
+    formats: dict[str, dict[str, Any]] = {}
+    for fmt, options in formats_data.items():
+        if fmt not in known_formats:
+            raise UserError(f"{shown(path)}: formats: unknown format '{fmt}'",
+                            hint=f"use some of: {', '.join(known_formats)}")
+        mapping = {} if options is None else _typed(path, f"formats.{fmt}", options, dict)
+        formats[fmt] = export_values_from(mapping, path, prefix=f"formats.{fmt}.")
+    source = data.get("source")
+    output = data.get("output")
+    return ExportConfig(
+        path=path,
+        source=None if source is None else _typed(path, "source", source, str),
+        output=None if output is None else (path.parent / _typed(path, "output", output, str)),
+        defaults=export_values_from(_mapping(path, data, "defaults"), path, prefix="defaults."),
+        formats=formats)
 
 
 def _base_image(path: Path, data: dict[str, Any]) -> str | None:

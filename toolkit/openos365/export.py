@@ -19,6 +19,50 @@ from .rootfs import private_dir, remove_tree
 from .sources import Source, resolve, with_tree
 
 
+def run_exports(source: str | None, to: str | None, config_path: Path | None, output: Path | None,
+                flags: dict[str, Any], **kwargs: Any) -> list[Path]:
+    """One or several formats of one source into one output directory (one manifest). Every format's
+    options are checked before anything is built; the image is built and flattened once (the formats
+    after the first find its tree in the cache)."""
+    from .config import load_export_config
+
+    config = load_export_config(config_path, list(EXPORTERS)) if config_path else None
+    formats = [f.strip() for f in to.split(",") if f.strip()] if to else list(config.formats) if config else []
+    if not formats:
+        raise UserError("no output format", hint="give --to FORMAT (several: --to qcow2,iso,wsl) or -c CONFIG")
+    for fmt in formats:
+        get_exporter(fmt)
+        if formats.count(fmt) > 1:
+            raise UserError(f"--to lists '{fmt}' twice", hint="give each format once")
+    spec = source or (_config_source(config) if config else None)
+    if not spec:
+        raise UserError("no source to export", hint="give a layer directory or image reference, e.g. layers/server"
+                        + (f", or 'source:' in {config.path}" if config else ""))
+    outdir = output or (config.output if config and config.output else Path("out"))
+    cli_flags = {k: v for k, v in flags.items() if v is not None}
+    per_format = {fmt: {**(config.overrides(fmt) if config else {}), **cli_flags} for fmt in formats}
+    if len(formats) == 1:
+        return run_export(spec, formats[0], outdir, per_format[formats[0]], **kwargs)
+    for fmt in formats:   # every format's options checked before any work
+        preview = _preview_options(spec, per_format[fmt])
+        get_exporter(fmt).validate(preview)
+        tools.require(get_exporter(fmt).required_tools(preview), purpose=f"--to {fmt}")
+    paths: list[Path] = []
+    for fmt in formats:
+        paths += run_export(spec, fmt, outdir, per_format[fmt], **kwargs)
+    if not kwargs.get("dry_run"):
+        log.done(f"{len(formats)} formats of {spec} in {outdir.resolve()} (one manifest.json): {', '.join(formats)}")
+    return paths
+
+
+def _config_source(config: Any) -> str | None:
+    """The config's source: a path relative to the config file when it names a directory there."""
+    if config.source is None:
+        return None
+    beside = config.path.parent / config.source
+    return str(beside) if beside.is_dir() else config.source
+
+
 def get_exporter(fmt: str) -> Exporter:
     if fmt not in EXPORTERS:
         raise UserError(f"unknown output format '--to {fmt}'", hint=f"use one of: {', '.join(EXPORTERS)}")
