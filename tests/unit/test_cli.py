@@ -1,5 +1,7 @@
 """The CLI as a user meets it: exit codes and messages for bad input, no traceback."""
 
+import pytest
+
 from tests.conftest import cli
 
 from .test_config import make_layer
@@ -63,3 +65,32 @@ def test_missing_tool_is_named_before_any_work(tmp_path):
     assert result.returncode == 3
     assert "--to qcow2 needs" in result.stderr and "apt-get install" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pull", "x", "--tls-verify=false"], ["pull", "x", "--no-tls-verify"]),
+    (["pull", "x", "--tls-verify=TRUE"], ["pull", "x", "--tls-verify"]),
+    (["pull", "x", "--no-tls-verify"], ["pull", "x", "--no-tls-verify"]),
+])
+def test_podman_style_tls_flags_are_accepted(argv, expected):
+    from openos365.cli import podman_style_flags
+
+    assert podman_style_flags(argv) == expected
+
+
+def test_a_tls_verify_value_that_is_not_a_boolean_is_refused():
+    from openos365.cli import podman_style_flags
+    from openos365.errors import UserError
+
+    with pytest.raises(UserError, match="use true or false"):
+        podman_style_flags(["pull", "x", "--tls-verify=maybe"])
+
+
+def test_grub2_tool_names_are_found(tmp_path, monkeypatch):
+    from openos365 import runner
+
+    (tmp_path / "grub2-mkimage").write_text("#!/bin/sh\n")
+    (tmp_path / "grub2-mkimage").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(runner.Path, "exists", lambda self: False)   # no /usr/sbin fallback
+    assert runner.which("grub-mkimage") == str(tmp_path / "grub2-mkimage")

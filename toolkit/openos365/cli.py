@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from . import __version__, log, userns
-from .errors import CommandError, OpenOSError
+from .errors import CommandError, OpenOSError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Turn OCI container images into OS images: disks, live ISOs, KIS, WSL, archives.")
@@ -247,8 +247,22 @@ def inspect(source: Annotated[str, typer.Argument(help="layer dir or image ref")
     print(json.dumps({"image_id": src.image_id, "name": src.name, **describe_tree(src.tree)}, indent=2))
 
 
+def podman_style_flags(argv: list[str]) -> list[str]:
+    """`--tls-verify=false|true`, as podman, buildah and skopeo spell it, as this CLI's switch pair."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name == "--tls-verify" and sep:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise UserError(f"--tls-verify={value}: use true or false", hint="e.g. --tls-verify=false")
+            arg = "--tls-verify" if value.lower() in ("true", "1") else "--no-tls-verify"
+        out.append(arg)
+    return out
+
+
 def main() -> None:
     try:
+        sys.argv[1:] = podman_style_flags(sys.argv[1:])
         if userns.wants_userns(sys.argv[1:]):
             sys.exit(userns.reexec(sys.argv[1:]))
         app(standalone_mode=False)

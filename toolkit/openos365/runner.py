@@ -193,13 +193,18 @@ def spawn(argv: Sequence[str | os.PathLike[str]], *, stdout: int | IO[bytes] = s
         raise MissingToolError(f"'{args[0]}' is not installed", hint="run `openos365 doctor`") from exc
 
 
+# The same tool under another distribution's name: Fedora and openSUSE ship GRUB's tools as grub2-*.
+TOOL_ALIASES = {"grub-mkimage": ("grub2-mkimage",)}
+
+
 def which(tool: str) -> str | None:
-    """Find a tool on PATH, also in the sbin directories a non-root PATH may lack."""
-    found = shutil.which(tool)
-    if found:
-        return found
-    for directory in ("/usr/sbin", "/sbin"):
-        candidate = Path(directory) / tool
-        if candidate.exists():
-            return str(candidate)
+    """Find a tool on PATH, also in the sbin directories a non-root PATH may lack, also by its other names."""
+    for name in (tool, *TOOL_ALIASES.get(tool, ())):
+        found = shutil.which(name)
+        if found:
+            return found
+        for directory in ("/usr/sbin", "/sbin"):
+            candidate = Path(directory) / name
+            if candidate.exists():
+                return str(candidate)
     return None
