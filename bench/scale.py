@@ -70,7 +70,8 @@ def row(work: Path, gib: int) -> tuple[float, int, float]:
     try:
         seconds, peak = measured([*CLI, "--workdir", str(work / "wd"), "export", "--to", "qcow2", str(layer),
                                   "-o", str(work / "out"), "--compression", "none"])
-        cleanup(work / "out")
+        for path in ("wd", "out", "layers"):    # room for the floor's own copies (the 4 GiB row needs it)
+            cleanup(work / path)
         return seconds, peak, floor(ref, work)
     finally:
         for path in ("wd", "out", "plain", "floor.ext4", "floor.qcow2", "layers"):
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="0,1,2,4", help="extra GiB per row, comma-separated")
     args = parser.parse_args()
     work = scratch()
-    print("bench/scale.py: layers/server + N GiB of extra files -> qcow2 (--compression none), empty workdir")
+    print("bench/scale.py: layers/server + N GiB of extra files -> qcow2 (--compression none), no tree cached")
     print(f"  {'extra':>6} {'export s':>9} {'peak MiB':>9} {'floor s':>8} {'export/floor':>13}")
     rows = []
     try:

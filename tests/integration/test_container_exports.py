@@ -159,7 +159,8 @@ def check_wsl_rules(tree: TarTree, name: str) -> None:
     assert not [n for n in names if n.startswith("etc/ssh/ssh_host_")]
     for gone in ("etc/hostname", "etc/resolv.conf", "etc/systemd/system/openos365-boot-check.service"):
         assert gone not in tree.members, gone
-    for rel, mode in (("etc/wsl.conf", 0o644), ("etc/wsl-distribution.conf", 0o644), ("usr/lib/wsl/oobe.sh", 0o755)):
+    for rel, mode in (("etc/wsl.conf", 0o644), ("etc/wsl-distribution.conf", 0o644), ("usr/lib/wsl/oobe.sh", 0o755),
+                      ("usr/lib/wsl/openos365.ico", 0o644)):
         member = tree.members[rel]
         assert (stat.S_IMODE(member.mode), member.uid, member.gid) == (mode, 0, 0), rel
     conf = configparser.ConfigParser()
@@ -168,6 +169,7 @@ def check_wsl_rules(tree: TarTree, name: str) -> None:
     dist = configparser.ConfigParser()
     dist.read_string(tree.read("etc/wsl-distribution.conf").decode())
     assert dict(dist["oobe"]) == {"command": "/usr/lib/wsl/oobe.sh", "defaultuid": "1000", "defaultname": name}
+    assert dict(dist["shortcut"]) == {"enabled": "true", "icon": "/usr/lib/wsl/openos365.ico"}
     for program in ("bin/sh", "bin/bash", "sbin/init"):
         assert tree.read(program)[:4] == b"\x7fELF", program
     machine_id = tree.members["etc/machine-id"]

@@ -84,7 +84,11 @@ def test_wsl_conf_enables_systemd_and_the_default_user() -> None:
 def test_distribution_conf_has_only_keys_the_validator_accepts() -> None:
     conf = ini(wsl.distribution_conf("server"))
     assert dict(conf["oobe"]) == {"command": "/usr/lib/wsl/oobe.sh", "defaultUid": "1000", "defaultName": "server"}
-    assert conf.sections() == ["oobe"]
+    assert dict(conf["shortcut"]) == {"enabled": "true", "icon": "/usr/lib/wsl/openos365.ico"}
+    assert conf.sections() == ["oobe", "shortcut"]
+    # every key is one validate-modern.py accepts (its list: oobe.*, shortcut.icon/enabled, windowsterminal.*)
+    accepted = {"oobe.command", "oobe.defaultuid", "oobe.defaultname", "shortcut.icon", "shortcut.enabled"}
+    assert {f"{section}.{key.lower()}" for section in conf.sections() for key in conf[section]} <= accepted
 
 
 def test_oobe_script_is_valid_shell_with_values_filled_in(tmp_path: Path) -> None:
@@ -203,6 +207,13 @@ def test_wsl_files_and_masks(prepared: tuple[Path, dict]) -> None:
     assert stat.S_IMODE((tree / "etc/wsl-distribution.conf").stat().st_mode) == 0o644
     assert stat.S_IMODE((tree / "usr/lib/wsl/oobe.sh").stat().st_mode) == 0o755
     assert ini((tree / "etc/wsl.conf").read_text())["boot"]["systemd"] == "true"
+    # the Start menu shortcut's icon, where and as Microsoft's validator wants it (no "No shortcut.icon")
+    shortcut = ini((tree / "etc/wsl-distribution.conf").read_text())["shortcut"]
+    icon = tree / shortcut["icon"].lstrip("/")
+    assert shortcut["icon"].startswith("/usr/lib/wsl/") and shortcut["enabled"] == "true"
+    assert stat.S_IMODE(icon.stat().st_mode) == 0o644 and icon.stat().st_size <= 1 << 20
+    data = icon.read_bytes()
+    assert data[:4] == b"\x00\x00\x01\x00" and b"\x89PNG" in data     # an ICO with PNG images
     assert details["systemd"] is True
     for unit in wsl.MASK:
         assert os.readlink(tree / "etc/systemd/system" / unit) == "/dev/null", unit

@@ -31,6 +31,7 @@ from .base import ExportContext, Exporter
 
 DEFAULT_UID = 1000
 OOBE = "usr/lib/wsl/oobe.sh"
+ICON = "usr/lib/wsl/openos365.ico"     # the Start menu shortcut's icon (WSL reads it from the tar, <= 1 MiB)
 # What a WSL distribution must not carry (globs allowed in any component). lib/modules covers images
 # without merged /usr; on merged ones it resolves to usr/lib/modules.
 STRIP = (
@@ -176,6 +177,7 @@ def prepare_tree(root: Path | ImageTree, name: str, options: Any, epoch: int) ->
     tree.write("etc/wsl.conf", wsl_conf(systemd, options.user))
     tree.write("etc/wsl-distribution.conf", distribution_conf(name, uid))
     tree.write(OOBE, oobe_script(options.user, uid), 0o755)
+    tree.write(ICON, resources.files("openos365").joinpath("data", "wsl", "openos365.ico").read_bytes(), 0o644)
     return {"purged_packages": purged, "device_nodes_removed": devices, "masked_units": list(MASK),
             "systemd": systemd, "default_user": options.user, "default_uid": uid}
 
