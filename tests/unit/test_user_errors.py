@@ -508,3 +508,36 @@ def test_the_memfd_race_of_chroot_builds_is_retried_once(tmp_path, monkeypatch, 
         with pytest.raises(CommandError):
             podman_mod.Podman().build(request)
     assert len(calls) == builds
+
+
+# 11. docker: registry and cache options are honoured or refused, never dropped
+
+def test_docker_refuses_what_its_cli_cannot_do_and_honours_an_auth_file(tmp_path, monkeypatch):
+    calls: list[tuple[list[str], dict[str, str] | None, str | None]] = []
+
+    def fake_run(argv, **kwargs):
+        env = kwargs.get("env")
+        config = Path(env["DOCKER_CONFIG"]) / "config.json" if env else None
+        calls.append((argv, env, config.read_text() if config else None))
+        return Result(argv, 0, "", [])
+
+    monkeypatch.setattr(docker_mod, "run", fake_run)
+    docker = docker_mod.Docker()
+    with pytest.raises(UserError) as err:
+        docker.pull("127.0.0.1:5000/os/base:1", tls_verify=False)
+    assert "insecure-registries" in (err.value.hint or "") and '"127.0.0.1:5000"' in (err.value.hint or "")
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {"127.0.0.1:5000": {"auth": "dTpw"}}}')
+    docker.pull("127.0.0.1:5000/os/base:1", authfile=str(auth))
+    argv, env, config = calls[-1]
+    assert argv[:2] == ["docker", "pull"] and config == auth.read_text()
+    assert not Path(env["DOCKER_CONFIG"]).exists()        # the temporary client config is gone again
+    with pytest.raises(UserError, match="no such file"):
+        docker.push("a", "127.0.0.1:5000/os/a:1", authfile=str(tmp_path / "missing.json"))
+    request = BuildRequest(containerfile=tmp_path / "Containerfile", context=tmp_path, tags=["x"],
+                           cache_to="127.0.0.1:5000/cache")
+    with pytest.raises(UserError, match="cannot write a build cache to a registry"):
+        docker._build_argv(request, "iid")
+    request = BuildRequest(containerfile=tmp_path / "Containerfile", context=tmp_path, tags=["x"],
+                           cache_from="127.0.0.1:5000/cache")
+    assert "--cache-from=127.0.0.1:5000/cache" in docker._build_argv(request, "iid")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import CommandError
+from ..errors import CommandError, UserError
 from ..runner import run, succeeds
 from .base import (
     BuildRequest,
@@ -32,10 +34,12 @@ class Docker(Engine):
             argv += ["-t", tag]
         for key, value in sorted(request.build_args.items()):
             argv += ["--build-arg", f"{key}={value}"]
-        if request.cache_from:
-            argv.append(f"--cache-from=type=registry,ref={request.cache_from}")
         if request.cache_to:
-            argv.append(f"--cache-to=type=registry,ref={request.cache_to},mode=max")
+            raise UserError("docker's default builder cannot write a build cache to a registry (--cache-to needs "
+                            "a buildx builder of the docker-container driver)",
+                            hint="use --engine podman or buildah with --cache-registry, or build without it")
+        if request.cache_from:   # an image to take cached layers from: the classic builder and BuildKit read it
+            argv.append(f"--cache-from={check_ref(request.cache_from)}")
         if request.no_cache:
             argv.append("--no-cache")
         return [*argv, "--", str(request.context)]
@@ -81,17 +85,39 @@ class Docker(Engine):
         return run([*argv, "--", str(path), check_ref(ref)], capture=True).stdout.strip().removeprefix("sha256:")
 
     def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
-        try:
-            # TLS and credentials: the daemon's config
-            run(["docker", "pull", "--", check_ref(ref)], step=f"pull {ref}")
-        except CommandError as exc:
-            raise registry_error(exc, "pull", ref) from exc
+        with _registry_env(ref, tls_verify, authfile) as env:
+            try:
+                run(["docker", "pull", "--", check_ref(ref)], step=f"pull {ref}", env=env)
+            except CommandError as exc:
+                raise registry_error(exc, "pull", ref) from exc
 
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None:
         check_ref(ref)
-        if dest != ref:
-            self.tag(ref, dest)
-        try:
-            run(["docker", "push", "--", check_ref(dest)], step=f"push {dest}")
-        except CommandError as exc:
-            raise registry_error(exc, "push to", dest) from exc
+        with _registry_env(dest, tls_verify, authfile) as env:
+            if dest != ref:
+                self.tag(ref, dest)
+            try:
+                run(["docker", "push", "--", check_ref(dest)], step=f"push {dest}", env=env)
+            except CommandError as exc:
+                raise registry_error(exc, "push to", dest) from exc
+
+
+@contextmanager
+def _registry_env(ref: str, tls_verify: bool, authfile: str | None) -> Iterator[dict[str, str] | None]:
+    """What docker can honour of the registry options, or a refusal: never a silent drop. TLS is the
+    daemon's choice (its insecure-registries); credentials come from a client config directory, which an
+    auth file (podman's auth.json has docker's config.json form) can stand in for."""
+    if not tls_verify:
+        host = ref.split("/")[0] if "/" in ref else "the registry"
+        raise UserError(f"--tls-verify=false: docker has no per-command TLS switch ({ref})",
+                        hint=f'add "{host}" to "insecure-registries" in /etc/docker/daemon.json and restart '
+                        "dockerd, or use --engine podman")
+    if not authfile:
+        yield None
+        return
+    if not Path(authfile).is_file():
+        raise UserError(f"--authfile {authfile}: no such file",
+                        hint="give the auth file `podman login --authfile FILE HOST` or `docker login` wrote")
+    with tempfile.TemporaryDirectory(prefix="openos365-docker-config-") as config:
+        shutil.copyfile(authfile, Path(config) / "config.json")
+        yield {"DOCKER_CONFIG": config}
