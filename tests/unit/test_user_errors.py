@@ -541,3 +541,12 @@ def test_docker_refuses_what_its_cli_cannot_do_and_honours_an_auth_file(tmp_path
     request = BuildRequest(containerfile=tmp_path / "Containerfile", context=tmp_path, tags=["x"],
                            cache_from="127.0.0.1:5000/cache")
     assert "--cache-from=127.0.0.1:5000/cache" in docker._build_argv(request, "iid")
+
+
+def test_docker_children_name_their_parent_by_a_tag_buildkit_resolves_locally(monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(docker_mod, "run", lambda argv, **kwargs: calls.append(argv) or Result(argv, 0, "", []))
+    parent = docker_mod.Docker().parent_arg("ab" * 32, "localhost/openos365/base")
+    assert parent == "localhost/openos365/base:" + ("ab" * 6)
+    assert calls == [["docker", "tag", "--", "ab" * 32, parent]]
+    assert podman_mod.Podman().parent_arg("ab" * 32, "localhost/openos365/base") == "ab" * 32

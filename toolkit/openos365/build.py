@@ -41,7 +41,7 @@ def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None
         assert parent_ref is not None
         built = build_one(layer, parent_ref, engine, cache_from=cache_from, cache_to=cache_to,
                           no_cache=no_cache, records=records)
-        parent_ref = built.info.id
+        parent_ref = engine.parent_arg(built.info.id, layer.image)
     assert built is not None
     return built
 

@@ -181,6 +181,11 @@ class Engine(ABC):
     @abstractmethod
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...
 
+    def parent_arg(self, image_id: str, image: str) -> str:
+        """How a child layer's build names its parent (the PARENT build argument): the image id, which
+        names exactly one image."""
+        return image_id
+
     def find(self, ref: str) -> ImageInfo | None:
         """The image, or None when the store has no such image (one engine call either way)."""
         try:

@@ -68,6 +68,12 @@ class Docker(Engine):
     def tag(self, ref: str, target: str) -> None:
         run(["docker", "tag", "--", check_ref(ref), check_ref(target)], capture=True)
 
+    def parent_arg(self, image_id: str, image: str) -> str:
+        """A tag made from the id (still one image): BuildKit reads a bare id in FROM as a registry name."""
+        content_tag = f"{image}:{image_id[:12]}"
+        self.tag(image_id, content_tag)
+        return content_tag
+
     def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
         check_ref(ref)
         if fmt == "docker-archive":
