@@ -500,7 +500,7 @@ def flatten_engine_image(engine: Engine, ref: str, image_id: str, epoch: int, ca
     def make(tree: Path) -> None:
         with log.step(f"Flattening {ref}"):
             started = time.monotonic()
-            info = engine.inspect(ref) if userns.mode() == "root" else None
+            info = engine.inspect(ref) if engine.mounts_images else None
             layers = info.layer_dirs if info else ()
             if layers and _derive(cache, tree, layers, epoch, ref):
                 return

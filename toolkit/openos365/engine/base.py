@@ -181,6 +181,12 @@ class Engine(ABC):
     @abstractmethod
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...
 
+    @property
+    def mounts_images(self) -> bool:
+        """Whether mounted() gives the engine's own view of an image (else trees come from saved archives,
+        and are not used as bases for their children's trees)."""
+        return False
+
     def parent_arg(self, image_id: str, image: str) -> str:
         """How a child layer's build names its parent (the PARENT build argument): the image id, which
         names exactly one image."""

@@ -125,6 +125,10 @@ class Podman(Engine):
     def tag(self, ref: str, target: str) -> None:
         run([self.binary, "tag", "--", check_ref(ref), check_ref(target)], capture=True)
 
+    @property
+    def mounts_images(self) -> bool:
+        return self.binary == "podman" and userns.mode() == "root"
+
     @contextmanager
     def mounted(self, ref: str) -> Iterator[Path | None]:
         """`podman image mount`, as host root only. Unlike `podman export`, which drops POSIX ACLs, the mount
