@@ -393,13 +393,24 @@ def _read(path: Path) -> str:
         return ""
 
 
+# what OVMF's boot manager prints when Secure Boot verification fails
+REFUSED = ("Access Denied", "Security Violation")
+
+
 def _failure(message: str, work: Path, proc: subprocess.Popen[bytes]) -> BootTestError:
     if proc.poll() is None:
         proc.kill()
     out = proc.communicate()[0].decode(errors="replace").strip() if proc.stdout else ""
-    console = _read(work / "console.log").splitlines()[-25:]
-    lines = "\n".join(f"  | {line}" for line in console) or "  (nothing on the serial console)"
+    whole = _read(work / "console.log").splitlines()
+    lines = "\n".join(f"  | {line}" for line in whole[-25:]) or "  (nothing on the serial console)"
     extra = f"\nqemu said: {out[-800:]}" if out else ""
+    refused = next((line.strip() for line in whole if any(word in line for word in REFUSED)), None)
+    if refused:
+        return BootTestError(f"{message}\nthe firmware refused to start a boot loader: {refused[-200:]}\n"
+                             f"last lines of the serial console:\n{lines}{extra}",
+                             hint="with Secure Boot on, the UEFI path must be signed: export with the image's "
+                             "shim and GRUB (--secure-boot auto or on; Debian: add shim-signed "
+                             "grub-efi-amd64-signed to the layer), or test without --secure-boot")
     return BootTestError(f"{message}\nlast lines of the serial console:\n{lines}{extra}",
                          hint="the image needs console=ttyS0 on its kernel command line to show its boot here; "
                          "a missing kernel or boot loader shows as an empty console")
