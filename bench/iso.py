@@ -1,4 +1,5 @@
-"""ISO export time as a ratio to mksquashfs + xorriso alone on the same tree, and ISO sizes for zstd and xz."""
+"""ISO export time as a ratio to mksquashfs + xorriso alone on the same tree, ISO sizes for zstd and xz, and
+the install ISO's export time and size against the live ISO's (both from the cached tree)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,19 @@ def main() -> None:
         timed("openos365 export --to iso --compression xz (cached tree)", lambda: openos365(
             "export", "--to", "iso", "layers/server", "--compression", "xz", "-o", str(work / "xz"),
             workdir=work / "wd1"))
+        live = timed("openos365 export --to iso --no-cache (cached tree)", lambda: openos365(
+            "export", "--to", "iso", "layers/server", "-o", str(work / "live"), "--no-cache", workdir=work / "wd1"))
+        install = timed("openos365 export --to install-iso (cached tree)", lambda: openos365(
+            "export", "--to", "install-iso", "layers/server", "-o", str(work / "install"), workdir=work / "wd1"))
         ratio("iso export / floor (flatten + mksquashfs + xorriso)", iso, floor(work))
         for label in ("zstd", "xz"):
             size = (work / label / "server.iso").stat().st_size
             print(f"  {'server.iso size, ' + label:<52} {size / 2**20:8.0f} MiB")
+        ratio("install-iso export / iso export", install, live)
+        install_size = (work / "install/server.install.iso").stat().st_size
+        live_size = (work / "live/server.iso").stat().st_size
+        print(f"  {'server.install.iso size':<52} {install_size / 2**20:8.0f} MiB")
+        print(f"  {'install-iso size / iso size':<52} {install_size / live_size:8.2f} x")
     finally:
         cleanup(work)
 
