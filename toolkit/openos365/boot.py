@@ -185,6 +185,18 @@ def signed_efi_files(root: Path | ImageTree, signed: SignedBoot, chain_cfg: str,
     return files
 
 
+def uefi_loader_files(root: Path | ImageTree, signed: SignedBoot | None, *, search: str, module_dir: Path,
+                      early_cfg: Path, modules: list[str], work: Path) -> dict[str, Path]:
+    """What goes under \\EFI on an ESP or an EFI boot image, found by `search`: the image's signed chain
+    (Secure Boot), else GRUB's own BOOTX64.EFI made by grub-mkimage from the module copies."""
+    from .disk import grub
+
+    if signed is not None:
+        return signed_efi_files(root, signed, grub.chain_config(search), work / "signed")
+    return {"/EFI/BOOT/BOOTX64.EFI": grub.mkimage(fmt="x86_64-efi", module_dir=module_dir, early_cfg=early_cfg,
+                                                  output=work / "BOOTX64.EFI", modules=modules)}
+
+
 def signed_boot_hint(root: Path | ImageTree) -> str:
     """Which packages give an image of this distribution its signed boot chain."""
     words = " ".join(os_release(root).get(k, "") for k in ("ID", "ID_LIKE")).lower()

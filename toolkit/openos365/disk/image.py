@@ -98,13 +98,9 @@ def install_bootloaders(image: Path, layout: Layout, grub_dirs: dict[str, Path],
     early = grub.early_config(grub.search_by_uuid(root_uuid), work / "early.cfg")
     esp = layout.get("esp")
     if esp is not None:
-        if signed is not None:
-            files = boot.signed_efi_files(ctx.source.tree, signed, grub.chain_config(grub.search_by_uuid(root_uuid)),
-                                          work / "signed")
-        else:
-            files = {"/EFI/BOOT/BOOTX64.EFI": grub.mkimage(fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"],
-                                                           early_cfg=early, output=work / "BOOTX64.EFI",
-                                                           modules=grub.DISK_EFI_MODULES)}
+        files = boot.uefi_loader_files(ctx.source.tree, signed, search=grub.search_by_uuid(root_uuid),
+                                       module_dir=grub_dirs["x86_64-efi"], early_cfg=early,
+                                       modules=grub.DISK_EFI_MODULES, work=work)
         mkfs_vfat(image, offset=esp.start, size=esp.size, label="ESP")
         fat_copy(image, esp.start, files, ctx.source.epoch)
     bios = layout.get("bios")

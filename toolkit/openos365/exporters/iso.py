@@ -234,13 +234,9 @@ class IsoExporter(Exporter):
             grub_dirs = {p: boot.grub_modules(tree, p, work) for p in ("i386-pc", "x86_64-efi")}
             early = grub.early_config(grub.search_by_label(options.label), work / "early.cfg")
             stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs, install_args)
-            if signed is not None:
-                files = boot.signed_efi_files(tree, signed, grub.chain_config(grub.search_by_label(options.label)),
-                                              work / "signed")
-            else:
-                files = {"/EFI/BOOT/BOOTX64.EFI": grub.mkimage(
-                    fmt="x86_64-efi", module_dir=grub_dirs["x86_64-efi"], early_cfg=early,
-                    output=work / "BOOTX64.EFI", modules=EFI_MODULES)}
+            files = boot.uefi_loader_files(tree, signed, search=grub.search_by_label(options.label),
+                                           module_dir=grub_dirs["x86_64-efi"], early_cfg=early,
+                                           modules=EFI_MODULES, work=work)
             efiboot = make_efiboot(files, work / "efiboot.img", epoch)
         directory, image_name = LIVE_LAYOUT[kind]
         final = ctx.outdir / f"{ctx.name}{self._suffix}"
