@@ -40,6 +40,7 @@ STRIP = (
     "etc/repart.d", "etc/resolv.conf", "etc/hostname", "etc/ssh/ssh_host_*", "var/lib/systemd/random-seed",
     "etc/systemd/system/openos365-boot-check.service", "etc/systemd/system/*.wants/openos365-boot-check.service",
     "usr/lib/systemd/system/openos365-boot-check.service", "usr/libexec/openos365/boot-check",
+    "usr/libexec/openos365/boot-check.d",
 )
 # Kernel, boot loaders and live boot: purged from dpkg's database as well as from the tree.
 PURGE = re.compile(r"^(linux-image-.+|linux-headers-.+|grub-.+|grub2-.*|shim-.+|systemd-boot(-.+)?|"
