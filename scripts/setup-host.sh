@@ -14,6 +14,8 @@ APT_PACKAGES=(
   squashfs-tools erofs-utils xorriso
   # compression and archives
   zstd xz-utils gzip tar
+  # --password-file hashes the password on the host
+  openssl
   # boot tests and the local test registry
   qemu-system-x86 ovmf docker-registry
   # python

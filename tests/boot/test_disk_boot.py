@@ -26,10 +26,28 @@ def ssh_key(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def qcow2(server_image, tmp_path_factory, ssh_key) -> Path:
+def extras(tmp_path_factory) -> Path:
+    """What the export-time settings bring: a second key, a password, and files for --copy, one of them a
+    boot-check.d script, so the booted system itself reports that the copy arrived, with its mode."""
+    extras = tmp_path_factory.mktemp("extras")
+    (extras / "bob.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBobsOwnTestKeyOnlyForTests bob@openos365\n")
+    (extras / "password").write_text("open sesame\n")
+    (extras / "password").chmod(0o600)
+    (extras / "marker").write_text("#!/bin/sh\necho \"copied=$(cat /etc/openos365-extra/greeting)\"\n")
+    (extras / "marker").chmod(0o755)
+    (extras / "extra").mkdir()
+    (extras / "extra/greeting").write_text("hello from the host\n")
+    return extras
+
+
+@pytest.fixture(scope="module")
+def qcow2(server_image, tmp_path_factory, ssh_key, extras) -> Path:
     out = tmp_path_factory.mktemp("disk")
     cli("export", "--to", "qcow2", "layers/server", "-o", str(out), "--hostname", "testhost", "--user", "alice",
-        "--ssh-key", str(ssh_key), "--kernel-cmdline", "openos365.test=disk")
+        "--ssh-key", str(ssh_key), "--user", "bob:sudo,adm", "--ssh-key", str(extras / "bob.pub"),
+        "--password-file", str(extras / "password"), "--timezone", "Europe/Berlin", "--locale", "C.UTF-8",
+        "--keymap", "de", "--copy", f"{extras / 'marker'}:/usr/libexec/openos365/boot-check.d/50-marker",
+        "--copy", f"{extras / 'extra'}:/etc/openos365-extra", "--kernel-cmdline", "openos365.test=disk")
     return out / "server.qcow2"
 
 
@@ -46,8 +64,10 @@ def test_export_writes_checksum_and_manifest(qcow2):
     assert [p["name"] for p in manifest["disk"]["partitions"]] == ["bios", "esp", "root"]
     assert any(p.startswith("linux-image-") for p in manifest["packages"])
     assert manifest["tools"]["mkfs.ext4"].startswith("mke2fs ") and "qemu-img" in manifest["tools"]["qemu-img"]
-    assert manifest["options"]["ssh_key"].endswith("id.pub")
+    assert manifest["options"]["ssh_key"][0].endswith("id.pub")
     assert "AAAAC3" not in json.dumps(manifest)  # the key itself is never recorded
+    assert "password_file" not in manifest["options"] and "$6$" not in json.dumps(manifest)
+    assert manifest["disk"]["password_for"] == ["alice", "bob"]
     assert not list(qcow2.parent.glob(".*"))  # no scratch or partial files left behind
 
 
@@ -61,7 +81,13 @@ def test_boots_under_bios(qcow2):
     assert "openos365.test=disk" in fields["cmdline"]
     assert len(fields["machine_id"]) == 32  # made on first boot, not shipped in the image
     assert int(fields["ssh_host_keys"]) >= 1  # made on first boot
-    assert fields["users"].split() == ["alice"]
+    assert fields["users"].split() == ["alice", "bob"]
+    # the export-time settings, as the booted system reports them
+    assert fields["user_groups"].split() == ["alice::P", "bob:adm,sudo:P"]
+    assert fields["root_password"] == "L"
+    assert fields["timezone"] == "Europe/Berlin" and fields["utc_offset"] in ("+0100", "+0200")
+    assert fields["lang"] == "C.UTF-8" and fields["keymap"] == "de"
+    assert fields["copied"] == "hello from the host"
 
 
 def test_boots_with_secure_boot_enforcing_through_the_images_signed_shim_and_grub(qcow2):

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from openos365 import boot
+from openos365 import boot, customize
 from openos365.errors import UserError
 from openos365.imagetree import ImageTree
 
@@ -75,7 +75,7 @@ def test_add_user_with_key(tmp_path):
     tree = debian_tree(tmp_path)
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAAC3Nza test@host\n")
-    details = boot.add_user(tree, "alice", str(key), 1_700_000_000)
+    details = customize.add_user(tree, "alice", str(key), 1_700_000_000)
     assert details == {"user": "alice", "uid": 1000}
     assert "alice:x:1000:1000::/home/alice:/bin/bash" in (tree / "etc/passwd").read_text()
     assert (tree / "etc/shadow").read_text().splitlines()[-1].startswith("alice:!:")
@@ -87,11 +87,11 @@ def test_add_user_with_key(tmp_path):
 def test_add_user_rejects_existing_and_bad_key(tmp_path):
     tree = debian_tree(tmp_path)
     with pytest.raises(UserError, match="already has this user"):
-        boot.add_user(tree, "sshd", None, 0)
+        customize.add_user(tree, "sshd", None, 0)
     bad = tmp_path / "key"
     bad.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     with pytest.raises(UserError, match="not an OpenSSH public key"):
-        boot.add_user(tree, "bob", str(bad), 0)
+        customize.add_user(tree, "bob", str(bad), 0)
 
 
 def test_write_file_replaces_symlink_instead_of_following_it(tmp_path):
@@ -117,6 +117,6 @@ def test_symlinks_in_the_image_never_reach_host_files(tmp_path):
     boot.clear_identity(tree, 1_700_000_000)
     boot.set_hostname(tree, "box", 1_700_000_000)
     assert (host / "ssh_host_ed25519_key").read_text() == "host secret"
-    boot.add_user(tree, "carol", None, 1_700_000_000)
+    customize.add_user(tree, "carol", None, 1_700_000_000)
     assert host_passwd.read_text() == "hostuser:x:5000:5000::/home/hostuser:/bin/sh\n"
     assert "hostuser" not in (tree / "etc/passwd").read_text()  # the host file was not read into the image

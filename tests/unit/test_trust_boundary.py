@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from openos365 import boot, dpkg
+from openos365 import boot, customize, dpkg
 from openos365.errors import UserError
 from openos365.imagetree import ImageTree, TreeError
 from openos365.rootfs import TreeCache, apply_archive, flatten_archive, read_archive
@@ -69,7 +69,7 @@ def test_user_home_symlink_to_a_host_directory_is_replaced_not_followed(tmp_path
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAA alice@example\n")
     before = host_state(host_dir)
-    boot.add_user(tree, "alice", str(key), 1_700_000_000)
+    customize.add_user(tree, "alice", str(key), 1_700_000_000)
     assert host_state(host_dir) == before
     assert not (host_dir / ".ssh").exists()
     home = tree / "home/alice"
@@ -83,7 +83,7 @@ def test_user_gets_an_id_free_in_passwd_and_group(tmp_path):
     (tree / "etc").mkdir(parents=True)
     (tree / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
     (tree / "etc/group").write_text("root:x:0:\nusers:x:1000:\n")
-    assert boot.add_user(tree, "bob", None, 0)["uid"] == 1001
+    assert customize.add_user(tree, "bob", None, 0)["uid"] == 1001
     assert "bob:x:1001:" in (tree / "etc/group").read_text()
 
 

@@ -8,11 +8,11 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from openos365 import dpkg
+from openos365.config import ExportOptions
 from openos365.errors import UserError
 from openos365.exporters import EXPORTERS, wsl
 
@@ -38,9 +38,8 @@ Version: 4.9
 """
 
 
-def options(**kw: object) -> SimpleNamespace:
-    values = {"user": None, "ssh_key": None, "compression": "zstd", "wsl_format": "tar.gz"}
-    return SimpleNamespace(**{**values, **kw})
+def options(**kw: object) -> ExportOptions:
+    return ExportOptions(compression="zstd").merged(kw)
 
 
 def ini(text: str) -> configparser.ConfigParser:

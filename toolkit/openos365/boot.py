@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import log
+from . import customize, log
 from .errors import UserError
 from .imagetree import ImageTree, TreeError
 from .rootfs import clamp_mtimes, copy_tree
@@ -331,60 +331,6 @@ def set_resolver(root: Path | ImageTree) -> None:
         tree.write("etc/resolv.conf", "")
 
 
-def _ids(text: str, field: int) -> set[int]:
-    return {int(parts[field]) for parts in (line.split(":") for line in text.splitlines())
-            if len(parts) > field and parts[field].isdigit()}
-
-
-def add_user(root: Path | ImageTree, user: str | None, ssh_key: str | None, epoch: int) -> dict[str, Any]:
-    """Create `user` (sudo without password, locked password: log in with the SSH key) and/or install
-    the key. Edits passwd/shadow/group directly: no chroot, no tools from the image needed. The uid and
-    its own group's gid are one number free in both /etc/passwd and /etc/group."""
-    tree = as_tree(root)
-    if not user and not ssh_key:
-        return {}
-    key = Path(ssh_key).read_text().strip() + "\n" if ssh_key else None
-    if key is not None and not re.match(r"^(ssh-|ecdsa-|sk-)", key):
-        raise UserError(f"--ssh-key {ssh_key}: not an OpenSSH public key", hint="give the .pub file")
-    if not user:
-        _authorized_key(tree, "root", 0, 0, key, epoch)
-        return {"ssh_key_for": "root"}
-    passwd, group = tree.read_text("etc/passwd"), tree.read_text("etc/group")
-    if any(line.split(":")[0] == user for line in passwd.splitlines()):
-        raise UserError(f"--user {user}: the image already has this user", hint="pick another name")
-    if any(line.split(":")[0] == user for line in group.splitlines()):
-        raise UserError(f"--user {user}: the image already has a group of this name", hint="pick another name")
-    used = _ids(passwd, 2) | _ids(group, 2)
-    uid = next(i for i in range(1000, 60000) if i not in used)
-    shadow_gid = _group_id(tree, "shadow")
-    tree.append("etc/passwd", f"{user}:x:{uid}:{uid}::/home/{user}:/bin/bash\n", 0o644, mtime=epoch)
-    tree.append("etc/group", f"{user}:x:{uid}:\n", 0o644, mtime=epoch)
-    tree.append("etc/shadow", f"{user}:!:{epoch // 86400}:0:99999:7:::\n", 0o640, owner=(0, shadow_gid),
-                mtime=epoch)
-    if tree.is_file("etc/gshadow"):
-        tree.append("etc/gshadow", f"{user}:!::\n", 0o640, owner=(0, shadow_gid), mtime=epoch)
-    tree.write(f"etc/sudoers.d/90-{user}", f"{user} ALL=(ALL) NOPASSWD:ALL\n", 0o440, mtime=epoch)
-    tree.mkdir(f"home/{user}", 0o750, owner=(uid, uid), mtime=epoch)
-    if key:
-        _authorized_key(tree, f"home/{user}", uid, uid, key, epoch)
-    return {"user": user, "uid": uid}
-
-
-def _group_id(tree: ImageTree, name: str) -> int:
-    for line in tree.read_text("etc/group").splitlines():
-        parts = line.split(":")
-        if parts[0] == name and len(parts) > 2 and parts[2].isdigit():
-            return int(parts[2])
-    return 0
-
-
-def _authorized_key(tree: ImageTree, home: str, uid: int, gid: int, key: str | None, epoch: int) -> None:
-    if key is None:
-        return
-    tree.mkdir(f"{home}/.ssh", 0o700, owner=(uid, gid), mtime=epoch)
-    tree.write(f"{home}/.ssh/authorized_keys", key, 0o600, owner=(uid, gid), mtime=epoch)
-
-
 def tree_size(root: Path | ImageTree) -> tuple[int, int]:
     """(bytes, inodes) of a tree, counting each file in 4 KiB blocks, hard links once, and a sparse file
     (allocated less than half its size) by what it allocates."""
@@ -417,7 +363,7 @@ def prepare_live_tree(source: Path, dest: Path, *, name: str, options: Any, epoc
     clear_identity(tree, epoch)
     set_hostname(tree, options.hostname or hostname_from(name), epoch)
     set_resolver(tree)
-    user = add_user(tree, options.user, options.ssh_key, epoch)
+    user = customize.apply(tree, options, epoch)
     if tree.remove_matching("etc/repart.d/*"):
         log.note("dropped /etc/repart.d from this copy: there is no partition table to grow")
     tree.write("etc/fstab", LIVE_FSTAB, mtime=epoch)

@@ -116,6 +116,12 @@ def _formats_help() -> str:
     return ", ".join(EXPORTERS)
 
 
+def _absolute_copy(text: str) -> str:
+    """--copy SRC:DEST with SRC made absolute: the export may run elsewhere (a user namespace, a config's dir)."""
+    source, sep, dest = text.rpartition(":")
+    return f"{Path(source).absolute()}{sep}{dest}" if sep and source else text
+
+
 @app.command()
 def export(
     source: Annotated[str | None, typer.Argument(help="layer dir, image ref, docker://REF, oci-archive:FILE, ... "
@@ -133,8 +139,18 @@ def export(
                                                     "the image has them) | on | off")] = None,
     kernel_cmdline: Annotated[str | None, typer.Option(help="extra kernel command line")] = None,
     hostname: Annotated[str | None, typer.Option(help="host name of the system")] = None,
-    user: Annotated[str | None, typer.Option(help="create this user (sudo rights)")] = None,
-    ssh_key: Annotated[Path | None, typer.Option(help="public key file for --user (or root)")] = None,
+    user: Annotated[list[str] | None, typer.Option(help="create this user, NAME or NAME:GROUP,GROUP (sudo rights); "
+                                                  "repeat for more users")] = None,
+    ssh_key: Annotated[list[Path] | None, typer.Option(help="public key file: the first for the first --user, the "
+                                                       "second for the second, ... (root's when no --user)")] = None,
+    password_file: Annotated[Path | None, typer.Option(help="file whose first line becomes the password of the "
+                                                       "--user(s), or root's (hashed here, never stored)")] = None,
+    timezone: Annotated[str | None, typer.Option(help="time zone, e.g. Europe/Berlin")] = None,
+    locale: Annotated[str | None, typer.Option(help="LANG, e.g. C.UTF-8 (others must be generated in the image)")
+                      ] = None,
+    keymap: Annotated[str | None, typer.Option(help="console keymap (and X layout), e.g. de or de-nodeadkeys")] = None,
+    copy: Annotated[list[str] | None, typer.Option(help="SRC:DEST copy a host file or directory into the image "
+                                                   "(root-owned); repeat for more")] = None,
     compression: Annotated[str | None, typer.Option(help="zstd | xz | gzip | none")] = None,
     rootfs: Annotated[str | None, typer.Option(help="KIS root filesystem: squashfs | ext4 | erofs")] = None,
     label: Annotated[str | None, typer.Option(help="ISO volume label")] = None,
@@ -156,7 +172,10 @@ def export(
     overrides = {
         "size": parse_size(size, where="--size") if size else None, "firmware": firmware,
         "secure_boot": secure_boot, "kernel_cmdline": kernel_cmdline, "hostname": hostname, "user": user,
-        "ssh_key": str(ssh_key) if ssh_key else None, "compression": compression, "rootfs": rootfs,
+        "ssh_key": [str(key.absolute()) for key in ssh_key or []],
+        "password_file": str(password_file.absolute()) if password_file else None, "timezone": timezone,
+        "locale": locale, "keymap": keymap, "copy": [_absolute_copy(text) for text in copy or []],
+        "compression": compression, "rootfs": rootfs,
         "label": label, "publisher": publisher, "wsl_format": wsl_format, "name": name,
         "unattended": unattended or None,
     }

@@ -70,8 +70,13 @@ class ExportOptions:
     secure_boot: str = "auto"            # UEFI via the image's signed shim + GRUB: auto (when it has them) | on | off
     kernel_cmdline: str = ""             # appended to the generated cmdline
     hostname: str | None = None
-    user: str | None = None              # a user created in the image, with sudo rights
-    ssh_key: str | None = None           # path of a public key file for `user` (or root)
+    user: tuple[str, ...] = ()           # NAME[:GROUP,...]: users created in the image, with sudo rights
+    ssh_key: tuple[str, ...] = ()        # public key files: the Nth for the Nth user (root's when no user)
+    password_file: str | None = None     # its first line: the users' (or root's) password, hashed on the host
+    timezone: str | None = None          # e.g. Europe/Berlin (the image's /usr/share/zoneinfo)
+    locale: str | None = None            # LANG, e.g. C.UTF-8 or a locale the image has generated
+    keymap: str | None = None            # console keymap (and X layout where the image has it), e.g. de
+    copy: tuple[str, ...] = ()           # SRC:DEST host files or directories copied into the image
     compression: str | None = None       # None: the exporter's default (zstd for ISO/KIS, none for disks)
     rootfs: str = "squashfs"             # KIS root filesystem type
     label: str = "OPENOS365"             # ISO volume label
@@ -81,8 +86,16 @@ class ExportOptions:
     name: str | None = None              # base name of the artifacts; default: the layer/image name
 
     def merged(self, overrides: dict[str, Any]) -> ExportOptions:
-        clean = {k: v for k, v in overrides.items() if v is not None}
+        clean = {k: _as_field(k, v) for k, v in overrides.items() if v not in (None, [], ())}
         return validate_export(dataclasses.replace(self, **clean), where="command line")
+
+
+def _as_field(key: str, value: Any) -> Any:
+    """A list or a lone string for a tuple option (--user alice, user: [a, b]) as the tuple it is held as."""
+    known = ExportOptions.__dataclass_fields__.get(key)
+    if known is not None and isinstance(known.default, tuple):
+        return (value,) if isinstance(value, str) else tuple(value)
+    return value
 
 
 def validate_export(opts: ExportOptions, *, where: str) -> ExportOptions:
@@ -105,14 +118,26 @@ def validate_export(opts: ExportOptions, *, where: str) -> ExportOptions:
     if opts.hostname is not None and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}", opts.hostname):
         raise UserError(f"{where}: export.hostname {opts.hostname!r} is not a valid host name",
                         hint="use letters, digits and '-', at most 63 characters")
-    if opts.user is not None and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", opts.user):
-        raise UserError(f"{where}: export.user {opts.user!r} is not a valid user name",
-                        hint="use lower-case letters, digits, '_' and '-', starting with a letter")
+    _check_customization(opts, where)
     if len(opts.label) > 32 or not re.fullmatch(r"[A-Z0-9_]+", opts.label):
         raise UserError(f"{where}: export.label {opts.label!r} is not a valid volume label",
                         hint="use at most 32 upper-case letters, digits and '_'")
     _check_cmdline(opts.kernel_cmdline, where)
     return opts
+
+
+def _check_customization(opts: ExportOptions, where: str) -> None:
+    from . import customize
+
+    customize.users_from(opts, where=where)
+    for key, pattern, example in (("timezone", customize.TIMEZONE_RE, "Europe/Berlin"),
+                                  ("locale", customize.LOCALE_RE, "C.UTF-8 or de_DE.UTF-8"),
+                                  ("keymap", customize.KEYMAP_RE, "de or de-nodeadkeys")):
+        value = getattr(opts, key)
+        if value is not None and not pattern.fullmatch(value):
+            raise UserError(f"{where}: export.{key} {value!r} is not valid", hint=f"write it like {example}")
+    for text in opts.copy:
+        customize.parse_copy(text, where=where)
 
 
 def _check_cmdline(cmdline: str, where: str) -> None:
@@ -235,9 +260,29 @@ def export_values_from(data: dict[str, Any], path: Path, *, prefix: str) -> dict
                                      where=f"{shown(path)}: {prefix}size")
         elif isinstance(known[key].default, bool):
             values[key] = _typed(path, f"{prefix}{key}", value, bool)
+        elif isinstance(known[key].default, tuple):
+            items = [value] if isinstance(value, str) else _typed(path, f"{prefix}{key}", value, list)
+            values[key] = tuple(_beside(path, key, str(_typed(path, f"{prefix}{key}[{n}]", item, str)))
+                                for n, item in enumerate(items))
+        elif key in _HOST_FILE_KEYS:
+            values[key] = _beside(path, key, _typed(path, f"{prefix}{key}", value, str))
         else:
             values[key] = str(_typed(path, f"{prefix}{key}", value, (str, int, float)))
     return values
+
+
+_HOST_FILE_KEYS = {"ssh_key", "password_file", "copy"}
+
+
+def _beside(path: Path, key: str, value: str) -> str:
+    """A relative host path in a YAML file means one beside that file (for copy: the part before ':')."""
+    if key not in _HOST_FILE_KEYS:
+        return value
+    source, sep, dest = value.rpartition(":") if key == "copy" else (value, "", "")
+    if key == "copy" and not sep:
+        return value     # validate_export says what is wrong with it
+    resolved = source if Path(source).is_absolute() else str(path.parent / source)
+    return f"{resolved}{sep}{dest}"
 
 
 @dataclass(frozen=True)

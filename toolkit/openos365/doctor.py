@@ -19,7 +19,8 @@ def needs() -> dict[str, list[str]]:
         by_tools.setdefault(tuple(dict.fromkeys(exporter.every_tool())), []).append(fmt)
     exports = {f"export --to {'/'.join(fmts)}": list(needed) for needed, fmts in by_tools.items()}
     return {"build": ["podman"], "bootstrap": ["mmdebstrap", "podman"], **exports,
-            "pull / push": ["podman", "skopeo"], "test": ["qemu-system-x86_64", "qemu-img"]}
+            "pull / push": ["podman", "skopeo"], "export --password-file": ["openssl"],
+            "test": ["qemu-system-x86_64", "qemu-img"]}
 
 
 def run_doctor() -> bool:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, dpkg, log, tools, userns
+from . import __version__, customize, dpkg, log, tools, userns
 from .artifacts import describe, forget_manifest_entry, remove_abandoned, sha256_of, write_checksum, write_manifest
 from .errors import UserError
 from .exporters import EXPORTERS, ExportContext, Exporter
@@ -79,11 +79,15 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     preview = _preview_options(spec, overrides)
     exporter.validate(preview)
     tools.require(exporter.required_tools(preview), purpose=f"--to {fmt}")
+    if preview.password_file:
+        tools.require(["openssl"], purpose="--password-file (hashing the password)")
     started = time.monotonic()
     source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify, flatten=False)
     options = source.defaults.merged(overrides)
-    if options.ssh_key and not Path(options.ssh_key).is_file():
-        raise UserError(f"--ssh-key {options.ssh_key}: no such file", hint="give the path of a public key (*.pub)")
+    customize.check_host_files(options)
+    if not exporter.customizes and customize.summary(options):
+        log.warn(f"--to {fmt} writes the image as it is: {customize.summary(options).lstrip(', ')} "
+                 "not applied (they apply to disks, ISOs, KIS and WSL)")
     name = options.name or source.name
     scratch_prefix = f".openos365-work-{name}-{fmt}-"
     remove_abandoned(outdir, scratch_prefix)    # what a killed export of this artifact left, whatever comes next
@@ -92,7 +96,9 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
         versions[source.engine.binary] = tools.version_of(source.engine.binary)
     cache = ArtifactCache(workdir)
     key = export_key(source.image_id, source.epoch, fmt, name, options, versions, userns.mode())
-    reused = None if no_cache else cache.fetch(key, outdir)
+    # a password is never reused from (or kept in) the cache: no digest of it is stored anywhere
+    cacheable = not options.password_file
+    reused = cache.fetch(key, outdir) if cacheable and not no_cache else None
     if reused is not None:
         return _publish_reused(spec, source, fmt, name, outdir, *reused, started)
     if not exporter.needs_engine:
@@ -110,7 +116,8 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
         write_checksum(path, digest)
     manifest = _manifest(source, fmt, options, checksums, details, versions)
     write_manifest(outdir, f"{name}.{fmt}", manifest)
-    cache.store(key, paths, manifest)
+    if cacheable:
+        cache.store(key, paths, manifest)
     log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
     return paths
 
@@ -174,7 +181,9 @@ def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, A
 
 def _manifest(source: Source, fmt: str, options: Any, checksums: dict[Path, str], details: dict[str, Any],
               versions: dict[str, str | None]) -> dict[str, Any]:
-    opts = {k: v for k, v in vars(options).items() if v is not None}
+    opts = {k: v for k, v in vars(options).items() if v not in (None, ())}
+    if opts.pop("password_file", None):
+        opts["password"] = "set from a file (not recorded)"
     return {
         "format": fmt,
         "source": source.spec,

@@ -88,10 +88,28 @@ class BuildRecords:
 
 def export_key(image_id: str, epoch: int, fmt: str, name: str, options: Any, versions: dict[str, str | None],
                mode: str) -> str:
-    opts = {k: v for k, v in vars(options).items() if v is not None}
+    opts = {k: v for k, v in vars(options).items() if v not in (None, ())}
     if opts.get("ssh_key"):
-        opts["ssh_key"] = hashlib.sha256(Path(opts["ssh_key"]).read_bytes()).hexdigest()
+        opts["ssh_key"] = [hashlib.sha256(Path(key).read_bytes()).hexdigest() for key in opts["ssh_key"]]
+    if opts.get("copy"):
+        opts["copy"] = [[_host_digest(Path(text.rpartition(":")[0])), text.rpartition(":")[2]] for text in opts["copy"]]
     return _digest("export", image_id, epoch, fmt, name, opts, versions, mode, code_digest())
+
+
+def _host_digest(path: Path) -> str:
+    """What --copy would put in the image from path: names, types, permission bits, link targets, contents."""
+    digest = hashlib.sha256()
+    entries = [path] if not path.is_dir() else sorted(path.rglob("*"))
+    for entry in entries:
+        info = entry.lstat()
+        digest.update(f"{entry.relative_to(path) if entry != path else ''}\0{info.st_mode:o}\0".encode())
+        if entry.is_symlink():
+            digest.update(os.readlink(entry).encode())
+        elif entry.is_file():
+            with entry.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ArtifactCache:

@@ -37,6 +37,7 @@ TOOLS: dict[str, Tool] = {t.command: t for t in [
     Tool("gzip", "gzip", "gzip", "gzip"),
     Tool("qemu-system-x86_64", "qemu-system-x86", "qemu-system-x86-core", "qemu-x86"),
     Tool("docker-registry", "docker-registry", "docker-distribution", "distribution-registry"),
+    Tool("openssl", "openssl", "openssl", "openssl"),
 ]}
 
 # Firmware files the boot tests need (not commands, but checked the same way by doctor).

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import boot, log
+from .. import boot, customize, log
 from ..imagetree import ImageTree
 from ..rootfs import clamp_mtimes, copy_tree
 from . import grub
@@ -61,7 +61,7 @@ def prepare_disk_tree(tree: ImageTree, ctx: ExportContext, kernel: boot.Kernel, 
     boot.clear_identity(tree, epoch)
     boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
     boot.set_resolver(tree)
-    user = boot.add_user(tree, options.user, options.ssh_key, epoch)
+    user = customize.apply(tree, options, epoch)
     tree.write("etc/fstab", f"# written by openos365\nUUID={root_uuid} / ext4 defaults,x-systemd.growfs 0 1\n",
                mtime=epoch)
     if boot.has_repart(tree):

@@ -36,6 +36,7 @@ class Exporter(ABC):
     description: str = ""
     tools: tuple[str, ...] = ()
     needs_engine: bool = False   # works on the engine's image (save), not on the flattened tree
+    customizes: bool = False     # applies the export-time settings (users, time zone, extra files, ...)
 
     @abstractmethod
     def plan(self, ctx: ExportContext) -> list[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import log, tools
+from .. import customize, log, tools
 from ..artifacts import atomic_path
 from ..disk.image import build_raw_disk
 from ..errors import UserError
@@ -43,6 +43,7 @@ QCOW2_DEFAULT_COMPRESSION = "zstd"
 
 class DiskExporter(Exporter):
     tools = ("cp", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "grub-mkimage")
+    customizes = True
 
     def __init__(self, fmt: str):
         self.name = fmt
@@ -66,7 +67,7 @@ class DiskExporter(Exporter):
         fw = ctx.options.firmware
         steps = [
             "copy the tree; write fstab (root by UUID, x-systemd.growfs), /etc/repart.d (grow root), hostname, "
-            "empty machine-id, no SSH host keys" + (f", user {ctx.options.user}" if ctx.options.user else ""),
+            "empty machine-id, no SSH host keys" + customize.summary(ctx.options),
             "write GRUB modules and grub.cfg into /boot/grub (serial + screen console)",
             f"lay out a GPT ({'BIOS boot, ' if fw != 'uefi' else ''}{'ESP, ' if fw != 'bios' else ''}root last) "
             "on a sparse file with sfdisk",

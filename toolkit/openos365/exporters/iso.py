@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import boot, log
+from .. import boot, customize, log
 from ..artifacts import atomic_path, sha256_of
 from ..disk import grub
 from ..disk.filesystems import fat_copy, make_squashfs, mkfs_vfat
@@ -173,6 +173,7 @@ class IsoExporter(Exporter):
     which its default boot entry writes to the machine's disk."""
 
     tools = ("cp", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "xorriso")
+    customizes = True
 
     def __init__(self, install: bool = False):
         self.install = install
@@ -199,7 +200,7 @@ class IsoExporter(Exporter):
             ]
         steps += [
             f"copy the tree; hostname {options.hostname or ctx.name}, empty machine-id, no SSH host keys, "
-            "fstab without a root entry, no /etc/repart.d" + (f", user {options.user}" if options.user else ""),
+            "fstab without a root entry, no /etc/repart.d" + customize.summary(options),
             f"mksquashfs the tree ({options.compression or 'zstd level 9'}, times pinned to SOURCE_DATE_EPOCH)",
             f"stage the kernel, initrd and grub.cfg (label {options.label}, serial + screen console, "
             f"default entry after {GRUB_TIMEOUT}s); grub-mkimage i386-pc-eltorito and x86_64-efi",

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import boot, log, tools
+from .. import boot, customize, log, tools
 from ..artifacts import atomic_path
 from ..disk.filesystems import make_squashfs, mkfs_ext4
 from ..errors import UserError
@@ -184,6 +184,7 @@ def remove_stale_roots(outdir: Path, name: str, rootfs: str) -> None:
 
 class KisExporter(Exporter):
     name = "kis"
+    customizes = True
     description = "kernel + initrd + root filesystem image (squashfs|ext4|erofs), cmdline, iPXE/GRUB snippets"
     tools = ("cp",)
 
@@ -204,7 +205,7 @@ class KisExporter(Exporter):
                 "erofs": f"mkfs.erofs ({options.compression or 'lz4hc'})"}[options.rootfs]
         return [
             f"copy the tree; hostname {options.hostname or ctx.name}, empty machine-id, no SSH host keys, "
-            "fstab without a root entry, no /etc/repart.d" + (f", user {options.user}" if options.user else ""),
+            "fstab without a root entry, no /etc/repart.d" + customize.summary(options),
             f"{make} -> {out}.{options.rootfs}",
             f"copy the kernel and initrd -> {out}.kernel, {out}.initrd",
             f"write the netboot snippets {out}.ipxe and {out}.grub-netboot.cfg, then the command line {out}.append",

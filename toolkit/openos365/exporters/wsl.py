@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import boot, dpkg, log
+from .. import boot, customize, dpkg, log
 from ..artifacts import atomic_path
 from ..disk.filesystems import tar_argv
 from ..errors import UserError
@@ -149,13 +149,14 @@ def check_tree(tree: ImageTree) -> None:
         log.warn("the image has no /bin/bash: WSL's validator expects one")
 
 
-def add_default_user(tree: ImageTree, user: str, ssh_key: str | None, epoch: int) -> int:
-    """Create --user in the image (locked password, sudo without one): WSL logs in as that user."""
-    for rel in ("etc", "home", "etc/sudoers.d"):
-        if tree.is_symlink(rel):
-            raise UserError(f"the image's /{rel} is a symlink: cannot add --user {user} safely",
-                            hint="make it a directory in the image, or leave --user out (the OOBE creates one)")
-    return int(boot.add_user(tree, user, ssh_key, epoch)["uid"])
+def customize_tree(tree: ImageTree, options: Any, epoch: int) -> dict[str, Any]:
+    """The export-time settings; the first --user (sudo without a password) is WSL's default user."""
+    if options.user:
+        for rel in ("etc", "home", "etc/sudoers.d"):
+            if tree.is_symlink(rel):
+                raise UserError(f"the image's /{rel} is a symlink: cannot add --user safely",
+                                hint="make it a directory in the image, or leave --user out (the OOBE creates one)")
+    return customize.apply(tree, options, epoch)
 
 
 def prepare_tree(root: Path | ImageTree, name: str, options: Any, epoch: int) -> dict[str, Any]:
@@ -174,17 +175,20 @@ def prepare_tree(root: Path | ImageTree, name: str, options: Any, epoch: int) ->
     systemd = elf_at(tree, "sbin/init")
     if not systemd:
         log.warn("/sbin/init is not a program in this image: WSL starts it without systemd")
-    uid = add_default_user(tree, options.user, options.ssh_key, epoch) if options.user else DEFAULT_UID
-    tree.write("etc/wsl.conf", wsl_conf(systemd, options.user))
+    customized = customize_tree(tree, options, epoch)
+    user, uid = customized.get("user"), int(customized.get("uid", DEFAULT_UID))
+    tree.write("etc/wsl.conf", wsl_conf(systemd, user))
     tree.write("etc/wsl-distribution.conf", distribution_conf(name, uid))
-    tree.write(OOBE, oobe_script(options.user, uid), 0o755)
+    tree.write(OOBE, oobe_script(user, uid), 0o755)
     tree.write(ICON, resources.files("openos365").joinpath("data", "wsl", "openos365.ico").read_bytes(), 0o644)
     return {"purged_packages": purged, "device_nodes_removed": devices, "masked_units": list(MASK),
-            "systemd": systemd, "default_user": options.user, "default_uid": uid}
+            "systemd": systemd, "default_user": user, "default_uid": uid,
+            **{k: v for k, v in customized.items() if k not in ("user", "uid")}}
 
 
 class WslExporter(Exporter):
     name = "wsl"
+    customizes = True
     description = "WSL distribution: NAME.wsl (--wsl-format wsl) or NAME.wsl.tar.gz for wsl --import"
     tools = ("cp", "tar")
 
@@ -199,7 +203,8 @@ class WslExporter(Exporter):
         return ctx.outdir / output_name(ctx.name, ctx.options.wsl_format, extension)
 
     def plan(self, ctx: ExportContext) -> list[str]:
-        user = f"default user {ctx.options.user}" if ctx.options.user else "OOBE creates the default user"
+        first = customize.users_from(ctx.options)[:1]
+        user = f"default user {first[0].name}" if first else "OOBE creates the default user"
         return [f"copy the flattened tree of {ctx.source.spec}",
                 "remove kernel, /boot, modules, boot loaders, device nodes, resolv.conf, hostname, fstab entries, "
                 "SSH host keys, machine-id content; mask the units WSL discourages",
