@@ -160,7 +160,7 @@ def check_wsl_rules(tree: TarTree, name: str) -> None:
     for gone in ("etc/hostname", "etc/resolv.conf", "etc/systemd/system/openos365-boot-check.service"):
         assert gone not in tree.members, gone
     for rel, mode in (("etc/wsl.conf", 0o644), ("etc/wsl-distribution.conf", 0o644), ("usr/lib/wsl/oobe.sh", 0o755),
-                      ("usr/lib/wsl/openos365.ico", 0o644)):
+                      ("usr/lib/wsl/openos365.ico", 0o644), ("usr/lib/wsl/terminal-profile.json", 0o640)):
         member = tree.members[rel]
         assert (stat.S_IMODE(member.mode), member.uid, member.gid) == (mode, 0, 0), rel
     conf = configparser.ConfigParser()
@@ -170,6 +170,7 @@ def check_wsl_rules(tree: TarTree, name: str) -> None:
     dist.read_string(tree.read("etc/wsl-distribution.conf").decode())
     assert dict(dist["oobe"]) == {"command": "/usr/lib/wsl/oobe.sh", "defaultuid": "1000", "defaultname": name}
     assert dict(dist["shortcut"]) == {"enabled": "true", "icon": "/usr/lib/wsl/openos365.ico"}
+    assert dict(dist["windowsterminal"]) == {"profiletemplate": "/usr/lib/wsl/terminal-profile.json"}
     for program in ("bin/sh", "bin/bash", "sbin/init"):
         assert tree.read(program)[:4] == b"\x7fELF", program
     machine_id = tree.members["etc/machine-id"]

@@ -94,3 +94,23 @@ def test_grub2_tool_names_are_found(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(runner.Path, "exists", lambda self: False)   # no /usr/sbin fallback
     assert runner.which("grub-mkimage") == str(tmp_path / "grub2-mkimage")
+
+
+def test_shell_completion_scripts_and_format_names():
+    for shell, marker in (("bash", "complete -o default -F _openos365_completion openos365"),
+                          ("zsh", "#compdef openos365"), ("fish", "complete --command openos365")):
+        assert marker in cli(env={"_OPENOS365_COMPLETE": f"source_{shell}"}).stdout   # what --show-completion prints
+    env = {"_OPENOS365_COMPLETE": "complete_bash", "COMP_WORDS": "openos365 export --to qcow2,i", "COMP_CWORD": "3"}
+    assert cli(env=env).stdout.split() == ["qcow2,iso", "qcow2,install-iso"]
+    env = {**env, "COMP_WORDS": "openos365 export --t", "COMP_CWORD": "2"}
+    assert {"--to", "--timezone", "--tls-verify"} <= set(cli(env=env).stdout.split())
+
+
+def test_customization_mistakes_are_named_before_any_build(tmp_path):
+    result = cli("export", "--to", "qcow2", "layers/server", "-o", str(tmp_path / "out"), "--user", "alice",
+                 "--ssh-key", str(tmp_path / "a.pub"), check=False)
+    assert result.returncode == 2 and "--ssh-key" in result.stderr and "no such file" in result.stderr
+    result = cli("export", "--to", "qcow2", "layers/server", "-o", str(tmp_path / "out"),
+                 "--copy", "relative:etc/x", check=False)
+    assert result.returncode == 2 and "export.copy 'relative:etc/x' is not SRC:DEST" in result.stderr.replace("\n", "")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

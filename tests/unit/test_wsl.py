@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import stat
@@ -84,9 +85,11 @@ def test_distribution_conf_has_only_keys_the_validator_accepts() -> None:
     conf = ini(wsl.distribution_conf("server"))
     assert dict(conf["oobe"]) == {"command": "/usr/lib/wsl/oobe.sh", "defaultUid": "1000", "defaultName": "server"}
     assert dict(conf["shortcut"]) == {"enabled": "true", "icon": "/usr/lib/wsl/openos365.ico"}
-    assert conf.sections() == ["oobe", "shortcut"]
+    assert dict(conf["windowsterminal"]) == {"ProfileTemplate": "/usr/lib/wsl/terminal-profile.json"}
+    assert conf.sections() == ["oobe", "shortcut", "windowsterminal"]
     # every key is one validate-modern.py accepts (its list: oobe.*, shortcut.icon/enabled, windowsterminal.*)
-    accepted = {"oobe.command", "oobe.defaultuid", "oobe.defaultname", "shortcut.icon", "shortcut.enabled"}
+    accepted = {"oobe.command", "oobe.defaultuid", "oobe.defaultname", "shortcut.icon", "shortcut.enabled",
+                "windowsterminal.profiletemplate", "windowsterminal.enabled"}
     assert {f"{section}.{key.lower()}" for section in conf.sections() for key in conf[section]} <= accepted
 
 
@@ -213,6 +216,13 @@ def test_wsl_files_and_masks(prepared: tuple[Path, dict]) -> None:
     assert stat.S_IMODE(icon.stat().st_mode) == 0o644 and icon.stat().st_size <= 1 << 20
     data = icon.read_bytes()
     assert data[:4] == b"\x00\x00\x01\x00" and b"\x89PNG" in data     # an ICO with PNG images
+    # Windows Terminal's profile template: under /usr/lib/wsl, 0640 root, <= 1 MiB, a profile and its scheme
+    template = ini((tree / "etc/wsl-distribution.conf").read_text())["windowsterminal"]["ProfileTemplate"]
+    profile = tree / template.lstrip("/")
+    assert template.startswith("/usr/lib/wsl/") and stat.S_IMODE(profile.stat().st_mode) == 0o640
+    fragment = json.loads(profile.read_text())
+    assert profile.stat().st_size <= 1 << 20
+    assert fragment["profiles"][0]["colorScheme"] in {scheme["name"] for scheme in fragment["schemes"]}
     assert details["systemd"] is True
     for unit in wsl.MASK:
         assert os.readlink(tree / "etc/systemd/system" / unit) == "/dev/null", unit

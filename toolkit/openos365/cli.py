@@ -14,7 +14,7 @@ import typer
 from . import __version__, log, userns
 from .errors import CommandError, OpenOSError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   help="Turn OCI container images into OS images: disks, live ISOs, KIS, WSL, archives.")
 
 _state: dict[str, object] = {}
@@ -116,10 +116,19 @@ def _formats_help() -> str:
     return ", ".join(EXPORTERS)
 
 
+def _complete_formats(incomplete: str) -> list[str]:
+    """Shell completion of --to: the formats, also after a comma (--to qcow2,i<TAB>)."""
+    from .exporters import EXPORTERS
+
+    done, _, last = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    return [f"{prefix}{fmt}" for fmt in EXPORTERS if fmt.startswith(last) and fmt not in done.split(",")]
+
+
 def _absolute_copy(text: str) -> str:
     """--copy SRC:DEST with SRC made absolute: the export may run elsewhere (a user namespace, a config's dir)."""
     source, sep, dest = text.rpartition(":")
-    return f"{Path(source).absolute()}{sep}{dest}" if sep and source else text
+    return f"{Path(source).absolute()}{sep}{dest}" if sep and source and dest.startswith("/") else text
 
 
 @app.command()
@@ -127,7 +136,8 @@ def export(
     source: Annotated[str | None, typer.Argument(help="layer dir, image ref, docker://REF, oci-archive:FILE, ... "
                                                  "(or the config's source:)")] = None,
     to: Annotated[str | None, typer.Option("--to", "-t", help=_formats_help() + "; several: --to qcow2,iso,wsl "
-                                           "(default with -c: the config's formats)")] = None,
+                                           "(default with -c: the config's formats)",
+                                           autocompletion=_complete_formats)] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="export config (YAML): source, output, "
                                                 "defaults and the formats with their own options; flags win")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="output directory [default: out, or the "
@@ -284,7 +294,7 @@ def main() -> None:
         sys.argv[1:] = podman_style_flags(sys.argv[1:])
         if userns.wants_userns(sys.argv[1:]):
             sys.exit(userns.reexec(sys.argv[1:]))
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="openos365")
     except OpenOSError as exc:
         _report(exc)
         sys.exit(exc.exit_code)

@@ -32,6 +32,8 @@ from .base import ExportContext, Exporter
 DEFAULT_UID = 1000
 OOBE = "usr/lib/wsl/oobe.sh"
 ICON = "usr/lib/wsl/openos365.ico"     # the Start menu shortcut's icon (WSL reads it from the tar, <= 1 MiB)
+# Windows Terminal's profile fragment for the distribution (colours, font); mode as Microsoft's validator wants it
+TERMINAL_PROFILE = "usr/lib/wsl/terminal-profile.json"
 # What a WSL distribution must not carry (globs allowed in any component). lib/modules covers images
 # without merged /usr; on merged ones it resolves to usr/lib/modules.
 STRIP = (
@@ -181,6 +183,7 @@ def prepare_tree(root: Path | ImageTree, name: str, options: Any, epoch: int) ->
     tree.write("etc/wsl-distribution.conf", distribution_conf(name, uid))
     tree.write(OOBE, oobe_script(user, uid), 0o755)
     tree.write(ICON, resources.files("openos365").joinpath("data", "wsl", "openos365.ico").read_bytes(), 0o644)
+    tree.write(TERMINAL_PROFILE, _data("terminal-profile.json"), 0o640)
     return {"purged_packages": purged, "device_nodes_removed": devices, "masked_units": list(MASK),
             "systemd": systemd, "default_user": user, "default_uid": uid,
             **{k: v for k, v in customized.items() if k not in ("user", "uid")}}
