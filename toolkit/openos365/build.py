@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ def project_root(layer_dir: Path) -> Path:
 
 def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None = None,
                       cache_to: str | None = None, no_cache: bool = False,
-                      workdir: Path) -> BuiltImage:
-    layers = chain(layer_dir)
+                      workdir: Path, base: str | None = None) -> BuiltImage:
+    layers = on_base(chain(layer_dir), base) if base else chain(layer_dir)
     parent_ref: str | None = None
     built: BuiltImage | None = None
     records = None if no_cache or cache_from or cache_to else BuildRecords(workdir)
@@ -44,6 +45,31 @@ def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None
         parent_ref = engine.parent_arg(built.info.id, layer.image)
     assert built is not None
     return built
+
+
+def on_base(layers: list[LayerConfig], recipe_name: str) -> list[LayerConfig]:
+    """The same layer tree built on another base recipe (--base debian-trixie): the root layer starts from
+    the recipe's image, and every layer is tagged with the recipe image's tag (server:trixie), so the
+    images of one release never replace another's."""
+    root = layers[0]
+    recipe_dir = project_root(root.directory) / "Containerfiles" / recipe_name
+    if not (recipe_dir / "bootstrap.yaml").is_file():
+        known = sorted(p.parent.name for p in recipe_dir.parent.glob("*/bootstrap.yaml"))
+        raise UserError(f"--base {recipe_name}: no recipe {shown(recipe_dir)}/bootstrap.yaml",
+                        hint=f"use one of: {', '.join(known) or 'none found'} (recipes live in Containerfiles/)")
+    if root.parent is not None or root.bootstrap is None:
+        raise UserError(f"--base {recipe_name}: the root layer {root.name} does not start from a recipe",
+                        hint="--base replaces a root layer's 'bootstrap:'; this tree starts from "
+                             f"{root.base_image}")
+    recipe = load_recipe(recipe_dir)
+    release = recipe.image.rpartition(":")[2] if ":" in recipe.image.rpartition("/")[2] else "latest"
+    rebased = [dataclasses.replace(root, base_image=recipe.image, bootstrap=recipe_name)] + layers[1:]
+    return [dataclasses.replace(layer, tags=(release,)) for layer in rebased]
+
+
+def release_of(recipe_name: str, layer_dir: Path) -> str:
+    """The release a --base recipe names (its image's tag): trixie for debian-trixie."""
+    return on_base(chain(layer_dir), recipe_name)[-1].tags[0]
 
 
 def ensure_base_image(layer: LayerConfig, engine: Engine, *, workdir: Path) -> str:

@@ -21,6 +21,9 @@ _state: dict[str, object] = {}
 
 EngineOpt = Annotated[str | None, typer.Option("--engine", help="podman | buildah | docker (default: detect)")]
 TlsOpt = Annotated[bool, typer.Option("--tls-verify/--no-tls-verify", help="verify the registry's TLS")]
+BaseOpt = Annotated[str | None, typer.Option("--base", help="build the layer tree on this base recipe "
+                                             "(Containerfiles/RECIPE, e.g. debian-trixie); images are tagged "
+                                             "with its release (server:trixie)")]
 AuthOpt = Annotated[str | None, typer.Option("--authfile", help="engine auth file (default: the engine's)")]
 
 
@@ -68,13 +71,14 @@ def build_cmd(
     cache_registry: Annotated[str | None, typer.Option(help="registry repository shared as a layer cache "
                                                           "(--cache-from and --cache-to)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild every step")] = False,
+    base: BaseOpt = None,
 ) -> None:
     """Build a layer and its parents (parents first; unchanged layers are cache hits)."""
     from .build import build_layer_chain
     from .engine import detect
 
     built = build_layer_chain(layer, detect(engine), cache_from=cache_registry, cache_to=cache_registry,
-                              no_cache=no_cache, workdir=workdir())
+                              no_cache=no_cache, workdir=workdir(), base=base)
     log.done(f"built {built.ref} sha256:{built.info.id}")
 
 
@@ -173,6 +177,7 @@ def export(
                                            "export of the same image with the same options can be reused")] = False,
     engine: EngineOpt = None,
     tls_verify: TlsOpt = True,
+    base: BaseOpt = None,
 ) -> None:
     """Export an image to an artifact: `openos365 export --to qcow2 layers/server`; several formats from one
     flatten: `--to qcow2,iso,wsl` or `-c release.yaml`."""
@@ -190,7 +195,7 @@ def export(
         "unattended": unattended or None,
     }
     run_exports(source, to, config, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
-                tls_verify=tls_verify, no_cache=no_cache)
+                tls_verify=tls_verify, no_cache=no_cache, base=base)
 
 
 @app.command()

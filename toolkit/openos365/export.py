@@ -70,11 +70,12 @@ def get_exporter(fmt: str) -> Exporter:
 
 
 def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, dry_run: bool,
-               engine_name: str | None, workdir: Path, tls_verify: bool = True, no_cache: bool = False) -> list[Path]:
+               engine_name: str | None, workdir: Path, tls_verify: bool = True, no_cache: bool = False,
+               base: str | None = None) -> list[Path]:
     exporter = get_exporter(fmt)
     outdir = outdir.resolve()
     if dry_run:
-        return _dry_run(spec, exporter, outdir, overrides)
+        return _dry_run(spec, exporter, outdir, overrides, base)
     _check_output_dir(outdir)
     preview = _preview_options(spec, overrides)
     exporter.validate(preview)
@@ -82,7 +83,7 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     if preview.password_file:
         tools.require(["openssl"], purpose="--password-file (hashing the password)")
     started = time.monotonic()
-    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify, flatten=False)
+    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify, flatten=False, base=base)
     options = source.defaults.merged(overrides)
     customize.check_host_files(options)
     if not exporter.customizes and customize.summary(options):
@@ -159,12 +160,15 @@ def _preview_options(spec: str, overrides: dict[str, Any]):  # type: ignore[no-u
     return defaults.merged(overrides)
 
 
-def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, Any]) -> list[Path]:
+def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, Any], base: str | None) -> list[Path]:
     options = _preview_options(spec, overrides)
+    from .build import release_of
     from .sources import name_from_ref
 
     exporter.validate(options)
     default_name = Path(spec).name if Path(spec).is_dir() else name_from_ref(spec)
+    if base and Path(spec).is_dir():
+        default_name = f"{default_name}-{release_of(base, Path(spec))}"
     placeholder = Source(spec=spec, name=options.name or default_name,
                          image_id="<image id>", ref=None, tree=Path("<flattened tree>"), epoch=0, config={},
                          layer=None, engine=None)

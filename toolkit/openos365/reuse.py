@@ -66,7 +66,8 @@ class BuildRecords:
         self.base = workdir / "builds"
 
     def _path(self, layer: LayerConfig) -> Path:
-        return self.base / f"{hashlib.sha256(str(layer.directory).encode()).hexdigest()[:24]}.json"
+        # one per layer and tag: builds of one layer tree on several bases (--base) keep their own record
+        return self.base / f"{hashlib.sha256(f'{layer.directory}:{layer.tags[0]}'.encode()).hexdigest()[:24]}.json"
 
     def get(self, layer: LayerConfig, key: str) -> ImageInfo | None:
         try:

@@ -45,16 +45,19 @@ def name_from_ref(ref: str) -> str:
     return artifact_name_from(last.split("@")[0].split(":")[0] or "image")
 
 
-def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bool = True,
-                  tls_verify: bool = True) -> tuple[str, Engine, LayerConfig | None, ImageInfo]:
+def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bool = True, tls_verify: bool = True,
+                  base: str | None = None) -> tuple[str, Engine, LayerConfig | None, ImageInfo]:
     """A layer dir or engine reference -> (engine ref, engine, layer, image). Builds or pulls as needed."""
     path = Path(spec)
     if path.is_dir() and not is_layer_dir(path):
         raise UserError(f"{spec}: a directory but not a layer (no layer.yaml)",
                         hint="give a layer directory like layers/server, or an image reference")
+    if base and not is_layer_dir(path):
+        raise UserError(f"--base {base}: {spec} is not a layer directory",
+                        hint="--base picks the base recipe of a layer tree, e.g. layers/server --base debian-trixie")
     engine = detect(engine_name)
     if is_layer_dir(path):
-        built = build_layer_chain(path, engine, workdir=workdir)
+        built = build_layer_chain(path, engine, workdir=workdir, base=base)
         return built.ref, engine, built.layer, built.info
     ref = spec.removeprefix("containers-storage:")
     if ref.startswith("docker://"):
@@ -65,7 +68,7 @@ def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bo
 
 
 def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bool = True,
-            flatten: bool = True) -> Source:
+            flatten: bool = True, base: str | None = None) -> Source:
     """The source, built or pulled as needed, and (flatten=True) its flattened tree."""
     if spec.startswith(ARCHIVE_PREFIXES):
         image = read_archive(spec)
@@ -75,11 +78,11 @@ def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bo
                         None, None)
     else:
         ref, engine, layer, info = resolve_image(spec, engine_name=engine_name, workdir=workdir,
-                                                 tls_verify=tls_verify)
+                                                 tls_verify=tls_verify, base=base)
         epoch = source_date_epoch(info.created)
         log.note(f"source {spec}: image {info.id[:12]}, SOURCE_DATE_EPOCH={epoch}")
-        source = Source(spec, layer.name if layer else name_from_ref(ref), info.id, ref, None, epoch, info.config,
-                        layer, engine)
+        name = (f"{layer.name}-{layer.tags[0]}" if base else layer.name) if layer else name_from_ref(ref)
+        source = Source(spec, name, info.id, ref, None, epoch, info.config, layer, engine)
     return with_tree(source, workdir) if flatten else source
 
 
