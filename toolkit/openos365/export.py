@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, dpkg, log, sbom, tools, userns
+import cyclonedx
+
+from . import __version__, dpkg, log, tools, userns
 from .artifacts import describe, forget_manifest_entry, remove_abandoned, sha256_of, write_checksum, write_manifest
 from .errors import UserError
 from .exporters import EXPORTERS, ExportContext, Exporter
@@ -90,7 +92,7 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
     if exporter.needs_engine and source.engine is not None:   # the engine writes these archives itself
         versions[source.engine.binary] = tools.version_of(source.engine.binary)
-    versions["cyclonedx-python-lib"] = sbom.library_version()   # writes the SBOM
+    versions["cyclonedx-python-lib"] = cyclonedx.__version__   # writes the SBOM
     cache = ArtifactCache(workdir)
     key = export_key(source.image_id, source.epoch, fmt, name, options, versions, userns.mode())
     reused = None if no_cache else cache.fetch(key, outdir)
@@ -121,6 +123,9 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
 
 def _write_sbom(source: Source, fmt: str, artifact: Path, digest: str | None, details: dict[str, Any]) -> Path:
     """ARTIFACT.cdx.json of the packages the artifact holds (a WSL distribution's purged ones left out)."""
+    # imported here: SPDX's license list takes a second to load, and an export answered from the cache 0.3 s
+    from . import sbom
+
     subject = sbom.Subject(artifact=artifact.name, fmt=fmt, image_id=f"sha256:{source.image_id}",
                            image_ref=source.ref, sha256=digest, epoch=source.epoch)
     tree = ImageTree(source.tree) if source.tree else None

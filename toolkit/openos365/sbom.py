@@ -17,7 +17,6 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 from cyclonedx.contrib.license.factories import LicenseFactory
@@ -199,10 +198,6 @@ def document(packages: list[Package], subject: Subject, vendor: str, distro: str
     bom.components.update(components)
     bom.register_dependency(root, components)   # the artifact contains every package
     return JsonV1Dot5(bom).output_as_string(indent=2) + "\n"
-
-
-def library_version() -> str:
-    return metadata.version("cyclonedx-python-lib")
 
 
 def write_sbom(tree: ImageTree | None, artifact: Path, subject: Subject, leave_out: tuple[str, ...] = ()) -> Path:
