@@ -219,6 +219,8 @@ def test_an_image_without_dpkg_gets_an_sbom_without_components_and_a_warning(tmp
     ("GFDL-NIV-1.3+", "GFDL-1.3-no-invariants-or-later"),
     ("BSD-3-clause", "BSD-3-Clause"),
     ("Expat", "MIT"),
+    ("MPL-1.1+", None),                                  # only GNU licenses have -or-later identifiers
+    ("Perl", None),                                      # DEP-5 deprecates it: says nothing exact
     ("BSD-3-clause or GPL-2", "BSD-3-Clause OR GPL-2.0-only"),
     ("GPL-2+ or AFL-2.1, and Expat", "(GPL-2.0-or-later OR AFL-2.1) AND MIT"),
     ("Apache-2.0 WITH LLVM-exception", None),            # `with`: left as stated

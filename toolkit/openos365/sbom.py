@@ -97,9 +97,9 @@ def stated_license(tree: ImageTree, package: str) -> str | None:
 # --- DEP-5 short names -> SPDX ----------------------------------------------------------------------------
 
 _GNU = re.compile(r"^(A?GPL|LGPL|GFDL)(-NIV)?-(\d+)(?:\.(\d+))?(\+)?$", re.IGNORECASE)
-# DEP-5 standard short names whose SPDX identifier is not the same name (case aside)
-_DEP5_NAMES = {"expat": "MIT", "cc0": "CC0-1.0", "artistic": "Artistic-1.0-Perl", "zope": "ZPL-2.1",
-               "python": "Python-2.0", "perl": "Artistic-1.0-Perl OR GPL-1.0-or-later"}
+# DEP-5 standard short names whose SPDX identifier is not the same name (case aside); unversioned Artistic
+# is Perl's (Debian's common-licenses/Artistic)
+_DEP5_NAMES = {"expat": "MIT", "cc0": "CC0-1.0", "artistic": "Artistic-1.0-Perl"}
 
 
 def spdx_expression(stated: str) -> str | None:
