@@ -128,7 +128,7 @@ def test_iso_boots_live(iso_image, medium, firmware, secure_boot):
 def test_kis_set_files(kis_dir):
     names = sorted(p.name for p in kis_dir.iterdir() if not p.name.endswith(".sha256"))
     assert names == ["manifest.json", "server.append", "server.grub-netboot.cfg", "server.initrd", "server.ipxe",
-                     "server.kernel", "server.squashfs"]
+                     "server.kernel", "server.squashfs", "server.squashfs.cdx.json"]
     assert (kis_dir / "server.append").read_text().startswith("boot=live plainroot root=/dev/vda ")
     assert (kis_dir / "server.squashfs").read_bytes()[:4] == b"hsqs"
 

@@ -222,6 +222,7 @@ def test_several_formats_from_one_flatten_into_one_manifest(base_image, tmp_path
     for entry in manifest.values():
         for name, meta in entry["files"].items():
             assert (out / name).stat().st_size == meta["size"]
+        assert entry["sbom"] in entry["files"]       # every format of a -c export has its SBOM
     assert "3 formats of layers/base" in result.stderr
     # --to picks some of the config's formats, with the config's options for them
     cli("--workdir", str(tmp_path / "wd"), "export", "layers/base", "-c", str(cfg), "--to", "docker",

@@ -58,3 +58,4 @@ def test_cold_and_warm_tree_cache_give_identical_bytes(server_image: str, space:
         "(typically inode atimes: mke2fs -d copies atimes older than SOURCE_DATE_EPOCH, and reading "
         "the tree moves them to now)")
     assert (cold / artifact).stat().st_size == (warm / artifact).stat().st_size
+    assert sha256_of(cold, f"{artifact}.cdx.json") == sha256_of(warm, f"{artifact}.cdx.json")   # its SBOM too

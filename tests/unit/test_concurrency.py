@@ -53,7 +53,11 @@ def test_two_exports_into_one_output_directory_at_once(tmp_path, layout):
     assert [run.returncode for run in runs] == [0, 0], results
     artifact = tmp_path / "out/img.tar"
     assert (tmp_path / "out/img.tar.sha256").read_text().split()[0] == sha256(artifact)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img.tar", "img.tar.sha256", "manifest.json"]
+    sbom = tmp_path / "out/img.tar.cdx.json"
+    assert (tmp_path / "out/img.tar.cdx.json.sha256").read_text().split()[0] == sha256(sbom)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img.tar", "img.tar.cdx.json",
+                                                                    "img.tar.cdx.json.sha256", "img.tar.sha256",
+                                                                    "manifest.json"]
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.8, 1.3, 1.8])

@@ -21,7 +21,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     succeeds.
 
     An interrupted export leaves no file under the final name. The old artifact's checksum goes before the
-    new artifact takes its name, so a kill never leaves a stale .sha256 beside a new artifact. A temp file
+    new artifact takes its name, and so does its SBOM (written after it), so a kill never leaves a stale .sha256
+    or SBOM beside a new artifact. A temp file
     left by a killed process is removed by the next run (its process is gone).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         _remove(temp)
         raise
     checksum_path(final).unlink(missing_ok=True)
+    sbom_path(final).unlink(missing_ok=True)
     if final.is_dir() and not final.is_symlink():  # a directory artifact (--to dir) from an earlier run
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         _remove(old)
@@ -60,6 +62,11 @@ def _remove(path: Path) -> None:
 
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
+
+
+def sbom_path(path: Path) -> Path:
+    """The artifact's CycloneDX SBOM (sbom.py), beside it."""
+    return path.with_name(path.name + ".cdx.json")
 
 
 def sha256_of(path: Path) -> str:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cyclonedx
+
 from . import __version__, customize, dpkg, log, tools, userns
 from .artifacts import describe, forget_manifest_entry, remove_abandoned, sha256_of, write_checksum, write_manifest
 from .errors import UserError
@@ -95,6 +97,7 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     versions = {tool: tools.version_of(tool) for tool in exporter.required_tools(options)}
     if exporter.needs_engine and source.engine is not None:   # the engine writes these archives itself
         versions[source.engine.binary] = tools.version_of(source.engine.binary)
+    versions["cyclonedx-python-lib"] = cyclonedx.__version__   # writes the SBOM
     cache = ArtifactCache(workdir)
     key = export_key(source.image_id, source.epoch, fmt, name, options, versions, userns.mode())
     # a password is never reused from (or kept in) the cache: no digest of it is stored anywhere
@@ -113,14 +116,29 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     finally:
         remove_tree(scratch)
     checksums = {p: sha256_of(p) for p in paths if p.is_file()}   # hashed once: .sha256, manifest, cache
+    source = with_tree(source, workdir)   # the archive formats' SBOM and package list read the tree too
+    document = _write_sbom(source, fmt, paths[0], checksums.get(paths[0]), details)
+    paths, checksums = [*paths, document], {**checksums, document: sha256_of(document)}
     for path, digest in checksums.items():
         write_checksum(path, digest)
-    manifest = _manifest(source, fmt, options, checksums, details, versions)
+    manifest = {**_manifest(source, fmt, options, checksums, details, versions), "sbom": document.name}
     write_manifest(outdir, f"{name}.{fmt}", manifest)
     if cacheable:
         cache.store(key, paths, manifest)
     log.done(f"wrote {describe(paths)} in {time.monotonic() - started:.0f}s")
     return paths
+
+
+def _write_sbom(source: Source, fmt: str, artifact: Path, digest: str | None, details: dict[str, Any]) -> Path:
+    """ARTIFACT.cdx.json of the packages the artifact holds (a WSL distribution's purged ones left out)."""
+    # imported here: SPDX's license list takes a second to load, and an export answered from the cache 0.3 s
+    from . import sbom
+
+    subject = sbom.Subject(artifact=artifact.name, fmt=fmt, image_id=f"sha256:{source.image_id}",
+                           image_ref=source.ref, sha256=digest, epoch=source.epoch)
+    tree = ImageTree(source.tree) if source.tree else None
+    with log.step(f"Writing the SBOM {artifact.name}.cdx.json"):
+        return sbom.write_sbom(tree, artifact, subject, tuple(details.get("purged_packages", ())))
 
 
 def _publish_reused(spec: str, source: Source, fmt: str, name: str, outdir: Path, paths: list[Path],
@@ -175,7 +193,9 @@ def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, A
     ctx = ExportContext(source=placeholder, options=options, outdir=outdir, scratch=outdir / ".work")
     log.info(f"plan for --to {exporter.name} {spec}:")
     log.info(f"  1. build or find {spec} and flatten it (cached by image id)")
-    for number, line in enumerate(exporter.plan(ctx), 2):
+    steps = [*exporter.plan(ctx), "write the SBOM (CycloneDX 1.5: the dpkg packages) beside the artifact as "
+             "ARTIFACT.cdx.json"]
+    for number, line in enumerate(steps, 2):
         log.info(f"  {number}. {line}")
     absent = tools.missing(exporter.required_tools(options))
     if absent:
