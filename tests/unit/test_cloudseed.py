@@ -131,3 +131,12 @@ def test_cli_refuses_bad_user_data_before_booting(tmp_path):
     assert result.returncode == 2 and "does not read as user-data" in result.stderr + result.stdout
     result = cli("test", str(disk), "--cloud-meta-data", str(bad), check=False)
     assert result.returncode == 2 and "needs --cloud-init" in result.stderr + result.stdout
+
+
+def test_the_summary_says_what_cloud_init_did(tmp_path):
+    report = qemu.BootReport(tmp_path / "cloud.qcow2", "disk, bios", "tcg", 60.0, fields=dict(GOOD))
+    assert report.summary().endswith(", cloud-init done (NoCloud)")
+    report.fields = {**GOOD, "cloud_init": "disabled", "cloud_init_datasource": ""}
+    assert report.summary().endswith(", cloud-init disabled")
+    report.fields = {"state": "running"}
+    assert "cloud-init" not in report.summary()

@@ -68,7 +68,12 @@ class BootReport:
         installed = next((f"installed onto {e['target']}, then " for e in self.earlier if e.get("target")), "")
         return (f"{self.artifact.name} {installed}booted ({self.mode}, {self.accel}) in {self.seconds:.0f}s: state "
                 f"{self.fields.get('state')}, root {self.fields.get('root_source')} {self.fields.get('root_fstype')} "
-                f"{log.human_size(size)}" + (f" on a {log.human_size(disk)} disk" if disk else ""))
+                f"{log.human_size(size)}" + (f" on a {log.human_size(disk)} disk" if disk else "") + self._cloud_init())
+
+    def _cloud_init(self) -> str:
+        """', cloud-init done (NoCloud)' when the image reports on cloud-init."""
+        status, source = self.fields.get("cloud_init"), self.fields.get("cloud_init_datasource")
+        return f", cloud-init {status}" + (f" ({source})" if source else "") if status else ""
 
 
 def parse_report(text: str, header: str = "OPENOS365-BOOT-CHECK") -> dict[str, str] | None:
