@@ -61,7 +61,7 @@ def test_cloud_init_applies_the_seeds_user_key_and_host_name_and_leaves_growth_t
     report = boot(cloud_qcow2, cloud_init=user_data, grow=GIB)   # the judge fails the boot unless cloud-init is done
     fields = report.fields
     assert fields["state"] == "running" and fields["failed"] == ""
-    assert fields["cloud_init"] == "done" and fields["cloud_init_errors"] == ""
+    assert fields["cloud_init"] == "done" and fields["cloud_init_errors"] == "" and fields["cloud_init_warnings"] == "0"
     assert fields["cloud_init_datasource"] == "NoCloud" and fields["cloud_init_seed"].startswith("/dev/sr")
     assert fields["cloud_init_instance_id"] == "iid-openos365-cloud"   # the default meta-data, from the name
     assert fields["hostname"] == "cloudy"                              # user-data's, over meta-data's and export's

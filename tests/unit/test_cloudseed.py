@@ -92,6 +92,18 @@ def test_seed_is_an_iso_labelled_cidata_with_user_data_and_meta_data(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
+def test_the_seed_carries_the_given_meta_data(tmp_path):
+    user_data, meta_data = tmp_path / "ud", tmp_path / "md"
+    user_data.write_text(CLOUD_CONFIG)
+    meta_data.write_text("instance-id: i-42\nlocal-hostname: given\n")
+    seed = cloudseed.write_seed(tmp_path, tmp_path / "disk.qcow2", user_data, meta_data)
+    out = tmp_path / "extracted"
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(seed), "-extract", "/", str(out)],
+                   capture_output=True, check=True)
+    assert (out / "meta-data").read_text() == meta_data.read_text()
+
+
+@pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
 def test_the_seed_is_attached_as_a_cdrom_after_the_artifact(tmp_path):
     (tmp_path / "x.raw").write_bytes(bytes(512))
     user_data = tmp_path / "ud"
