@@ -111,7 +111,7 @@ def test_the_seed_is_attached_as_a_cdrom_after_the_artifact(tmp_path):
     argv, _ = qemu.qemu_argv(qemu.BootRequest(artifact=tmp_path / "x.raw", cloud_init=user_data), tmp_path, "tcg")
     seed = argv.index(f"file={tmp_path / 'cidata.iso'},media=cdrom,readonly=on,if=none,id=cidata")
     assert argv.index(f"file={tmp_path / 'overlay.qcow2'},format=qcow2,if=virtio") < seed
-    assert argv[seed + 2] == "ide-cd,drive=cidata"
+    assert argv[seed + 2] == "ide-cd,drive=cidata,bus=ide.1"
     plain, _ = qemu.qemu_argv(qemu.BootRequest(artifact=tmp_path / "x.raw"), tmp_path, "tcg")
     assert not any("cidata" in arg for arg in plain)
 

@@ -98,8 +98,10 @@ def write_seed(work: Path, artifact: Path, user_data: Path, meta_data: Path | No
 
 def seed_drive_args(seed: Path) -> list[str]:
     """A read-only CD-ROM, as libvirt and the clouds attach seeds: never a boot device, never a disk an
-    installer could take as its target."""
-    return ["-drive", f"file={seed},media=cdrom,readonly=on,if=none,id=cidata", "-device", "ide-cd,drive=cidata"]
+    installer could take as its target. On a port of q35's AHCI controller of its own: left to choose, qemu
+    puts it on the port an ISO artifact's CD-ROM already holds (ide.5), which takes one device only."""
+    return ["-drive", f"file={seed},media=cdrom,readonly=on,if=none,id=cidata",
+            "-device", "ide-cd,drive=cidata,bus=ide.1"]
 
 
 def problems(fields: dict[str, str]) -> list[str]:
