@@ -18,6 +18,8 @@ APT_PACKAGES=(
   openssl
   # boot tests and the local test registry
   qemu-system-x86 ovmf docker-registry
+  # ssh-keygen: the cloud boot test makes the key its user-data installs
+  openssh-client
   # python
   python3-venv python3-pip
 )

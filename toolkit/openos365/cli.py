@@ -216,6 +216,12 @@ def test(
                                                      "(e.g. 4G), wait for the install, then boot the installed "
                                                      "disk alone and check that root grew")] = None,
     install_disks: Annotated[int, typer.Option(min=1, help="how many blank disks --install-onto attaches")] = 1,
+    cloud_init: Annotated[Path | None, typer.Option("--cloud-init", metavar="USER-DATA", help="attach a NoCloud "
+                                                    "seed (cidata ISO) with this user-data; fails unless "
+                                                    "cloud-init reports done without errors")] = None,
+    cloud_meta_data: Annotated[Path | None, typer.Option("--cloud-meta-data", metavar="FILE", help="the seed's "
+                                                         "meta-data (default: an instance-id and a "
+                                                         "local-hostname from the artifact's name)")] = None,
 ) -> None:
     """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
     from .config import parse_size
@@ -227,7 +233,8 @@ def test(
                                    grow=parse_size(grow, where="--grow") if grow else None,
                                    timeout=timeout, memory=memory, workdir=workdir(), boots=boots,
                                    install_onto=parse_size(install_onto, where="--install-onto") if install_onto
-                                   else None, install_disks=install_disks))
+                                   else None, install_disks=install_disks,
+                                   cloud_init=cloud_init, cloud_meta_data=cloud_meta_data))
     for key, value in report.fields.items():   # what the booted system said, for --verbose and --json
         log.note(f"report: {key}={value}")
     log.done(report.summary())

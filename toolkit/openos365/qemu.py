@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import log, tools
+from . import cloudseed, log, tools
 from .errors import BootTestError, CommandError, MissingToolError, UserError
 from .runner import output, run, spawn
 
@@ -45,6 +45,8 @@ class BootRequest:
     secure_boot: bool = False       # UEFI firmware with Microsoft's keys, Secure Boot enforcing
     install_onto: int | None = None  # install ISO: blank disks of this size; install, then boot the first alone
     install_disks: int = 1
+    cloud_init: Path | None = None        # user-data: boot with a NoCloud seed; cloud-init must finish cleanly
+    cloud_meta_data: Path | None = None   # the seed's meta-data (default: an instance-id and the artifact's name)
 
 
 @dataclass
@@ -66,7 +68,12 @@ class BootReport:
         installed = next((f"installed onto {e['target']}, then " for e in self.earlier if e.get("target")), "")
         return (f"{self.artifact.name} {installed}booted ({self.mode}, {self.accel}) in {self.seconds:.0f}s: state "
                 f"{self.fields.get('state')}, root {self.fields.get('root_source')} {self.fields.get('root_fstype')} "
-                f"{log.human_size(size)}" + (f" on a {log.human_size(disk)} disk" if disk else ""))
+                f"{log.human_size(size)}" + (f" on a {log.human_size(disk)} disk" if disk else "") + self._cloud_init())
+
+    def _cloud_init(self) -> str:
+        """', cloud-init done (NoCloud)' when the image reports on cloud-init."""
+        status, source = self.fields.get("cloud_init"), self.fields.get("cloud_init_datasource")
+        return f", cloud-init {status}" + (f" ({source})" if source else "") if status else ""
 
 
 def parse_report(text: str, header: str = "OPENOS365-BOOT-CHECK") -> dict[str, str] | None:
@@ -85,9 +92,9 @@ def parse_report(text: str, header: str = "OPENOS365-BOOT-CHECK") -> dict[str, s
     return fields
 
 
-def judge(fields: dict[str, str], grow: int | None, secure_boot: bool = False) -> list[str]:
+def judge(fields: dict[str, str], grow: int | None, secure_boot: bool = False, cloud_init: bool = False) -> list[str]:
     """What is wrong with a report (empty: a good boot)."""
-    problems = []
+    problems = cloudseed.problems(fields) if cloud_init else []
     if secure_boot and fields.get("secure_boot") != "enabled":
         problems.append(f"Secure Boot was '{fields.get('secure_boot', 'not reported')}' in the booted system, not "
                         "'enabled' (the firmware did not enforce it)")
@@ -249,13 +256,25 @@ def qemu_argv(req: BootRequest, work: Path, accel: str) -> tuple[list[str], str]
     if accel == "kvm":
         argv += ["-cpu", "host"]
     argv += firmware_args(req.firmware, work, req.secure_boot) + drives
+    if req.cloud_init:
+        seed = work / "cidata.iso"
+        if not seed.exists():
+            seed = cloudseed.write_seed(work, req.artifact, req.cloud_init, req.cloud_meta_data)
+        argv += cloudseed.seed_drive_args(seed)
     return argv, mode
 
 
 # --- running -------------------------------------------------------------------------------------------
 
 def boot_test(req: BootRequest) -> BootReport:
-    tools.require(["qemu-system-x86_64", "qemu-img"], purpose="openos365 test")
+    if req.cloud_init:
+        cloudseed.check_user_data(req.cloud_init)
+    if req.cloud_meta_data:
+        if not req.cloud_init:
+            raise UserError("--cloud-meta-data needs --cloud-init USER-DATA", hint="give the user-data file too")
+        cloudseed.check_meta_data(req.cloud_meta_data)
+    tools.require(["qemu-system-x86_64", "qemu-img"] + (["xorriso"] if req.cloud_init else []),
+                  purpose="openos365 test" + (" --cloud-init" if req.cloud_init else ""))
     work = req.workdir.resolve() / f"boot-{os.getpid()}-{int(time.time() * 1000)}"
     work.mkdir(parents=True)
     accel = accelerator(work)
@@ -319,7 +338,9 @@ def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str)
             proc.wait()
     report.seconds = time.monotonic() - started
     report.console_tail = _read(work / "console.log").splitlines()[-40:]
-    problems = judge(report.fields, req.grow, req.secure_boot) if report.fields else []
+    problems = judge(report.fields, req.grow, req.secure_boot, req.cloud_init is not None) if report.fields else []
+    if req.cloud_init and not report.fields:
+        problems = ["no boot report, so nothing says what cloud-init did"]
     if problems:
         raise BootTestError(f"{req.artifact.name} booted but is not healthy: " + "; ".join(problems),
                             hint="boot it by hand with `openos365 test --verbose`, or look at the units named")
