@@ -182,8 +182,12 @@ def test(
                                                      "(e.g. 4G), wait for the install, then boot the installed "
                                                      "disk alone and check that root grew")] = None,
     install_disks: Annotated[int, typer.Option(min=1, help="how many blank disks --install-onto attaches")] = 1,
+    screenshot: Annotated[Path | None, typer.Option(help="save what the screen shows once the system is up "
+                                                    "(PNG; the VM gets a display, and stays up until it is taken)")]
+    = None,
 ) -> None:
     """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
+    from . import screen
     from .config import parse_size
     from .qemu import BootRequest, boot_test
 
@@ -193,10 +197,13 @@ def test(
                                    grow=parse_size(grow, where="--grow") if grow else None,
                                    timeout=timeout, memory=memory, workdir=workdir(), boots=boots,
                                    install_onto=parse_size(install_onto, where="--install-onto") if install_onto
-                                   else None, install_disks=install_disks))
+                                   else None, install_disks=install_disks,
+                                   screenshot=screen.destination(screenshot) if screenshot else None))
     for key, value in report.fields.items():   # what the booted system said, for --verbose and --json
         log.note(f"report: {key}={value}")
     log.done(report.summary())
+    if screenshot and report.screen:
+        log.done(f"screenshot {screenshot} ({report.screen[0]}x{report.screen[1]})")
 
 
 @app.command()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import log, tools
+from . import log, screen, tools
 from .errors import BootTestError, CommandError, MissingToolError, UserError
 from .runner import output, run, spawn
 
@@ -45,6 +45,7 @@ class BootRequest:
     secure_boot: bool = False       # UEFI firmware with Microsoft's keys, Secure Boot enforcing
     install_onto: int | None = None  # install ISO: blank disks of this size; install, then boot the first alone
     install_disks: int = 1
+    screenshot: Path | None = None  # save the settled screen here (PNG) once the system has reported
 
 
 @dataclass
@@ -57,6 +58,7 @@ class BootReport:
     console_tail: list[str] = field(default_factory=list)
     note: str = ""
     earlier: list[dict[str, str]] = field(default_factory=list)   # reports of the boots before this one
+    screen: tuple[int, int] | None = None    # the screenshot's width and height, when one was taken
 
     def summary(self) -> str:
         if not self.fields:
@@ -249,6 +251,8 @@ def qemu_argv(req: BootRequest, work: Path, accel: str) -> tuple[list[str], str]
     if accel == "kvm":
         argv += ["-cpu", "host"]
     argv += firmware_args(req.firmware, work, req.secure_boot) + drives
+    if req.screenshot:
+        argv += screen.qemu_args(work)
     return argv, mode
 
 
@@ -312,6 +316,8 @@ def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str)
                                work, proc)
             if elapsed > req.timeout:
                 raise _failure(f"no boot report within {req.timeout}s", work, proc)
+        if req.screenshot:
+            report.screen = screen.capture(work, req.screenshot)
         _wait_poweroff(proc)
     finally:
         if proc.poll() is None:
@@ -337,7 +343,7 @@ def _install_then_boot(req: BootRequest, work: Path, accel: str) -> BootReport:
     for target in targets:
         run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), str(req.install_onto)],
             step="create a blank target disk", capture=True)
-    argv, mode = qemu_argv(req, work, accel)
+    argv, mode = qemu_argv(dataclasses.replace(req, screenshot=None), work, accel)   # the installed disk's screen
     for target in targets:
         argv += ["-drive", f"file={target},format=qcow2,if=virtio"]
     title = f"Installing from {req.artifact.name} ({mode}, {req.firmware}, {accel}) onto {len(targets)} blank " \
