@@ -68,3 +68,12 @@ def test_missing_artifact(tmp_path):
     req = qemu.BootRequest(artifact=tmp_path / "nope.qcow2", workdir=tmp_path)
     with pytest.raises(UserError, match="no such artifact"):
         qemu.medium_args(req, tmp_path)
+
+
+def test_a_started_boot_check_is_waited_for_past_the_login_prompt():
+    """The login-prompt fallback is for images without the unit: one whose unit started, or whose report has
+    begun, is waited for until its END (or the timeout)."""
+    prompt = "Debian GNU/Linux 12 desktop ttyS0\n\ndesktop login: "
+    assert not qemu.has_unit(prompt, "")
+    assert qemu.has_unit("[  OK  ] Started openos365-boot-check.service - openos365 boot check.\n" + prompt, "")
+    assert qemu.has_unit(prompt, "OPENOS365-BOOT-CHECK\nstate=running\n")

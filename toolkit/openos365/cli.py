@@ -222,8 +222,12 @@ def test(
     cloud_meta_data: Annotated[Path | None, typer.Option("--cloud-meta-data", metavar="FILE", help="the seed's "
                                                          "meta-data (default: an instance-id and a "
                                                          "local-hostname from the artifact's name)")] = None,
+    screenshot: Annotated[Path | None, typer.Option(help="save what the screen shows once the system is up "
+                                                    "(PNG; the VM gets a display, and stays up until it is taken)")]
+    = None,
 ) -> None:
     """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
+    from . import screen
     from .config import parse_size
     from .qemu import BootRequest, boot_test
 
@@ -234,10 +238,13 @@ def test(
                                    timeout=timeout, memory=memory, workdir=workdir(), boots=boots,
                                    install_onto=parse_size(install_onto, where="--install-onto") if install_onto
                                    else None, install_disks=install_disks,
-                                   cloud_init=cloud_init, cloud_meta_data=cloud_meta_data))
+                                   cloud_init=cloud_init, cloud_meta_data=cloud_meta_data,
+                                   screenshot=screen.destination(screenshot) if screenshot else None))
     for key, value in report.fields.items():   # what the booted system said, for --verbose and --json
         log.note(f"report: {key}={value}")
     log.done(report.summary())
+    if screenshot and report.screen:
+        log.done(f"screenshot {screenshot} ({report.screen[0]}x{report.screen[1]})")
 
 
 @app.command()
