@@ -145,6 +145,15 @@ class Engine(ABC):
     binary: str = ""
     package: str = ""
 
+    def check_ready(self) -> None:
+        """Raise, saying how to fix it, when the engine is installed but cannot work here (docker without a
+        reachable daemon); engines that need nothing running have nothing to check."""
+        return None
+
+    def describe(self) -> str:
+        """What `doctor` says of the engine beyond its name (docker: CLI, daemon and builder)."""
+        return ""
+
     def _json(self, argv: list[str], **kwargs: Any) -> Any:
         return json.loads(run(argv, capture=True, **kwargs).stdout or "null")
 
