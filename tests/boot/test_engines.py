@@ -219,6 +219,30 @@ def test_docker_buildkit_builds_on_a_parent_named_by_tag(docker_chain, dockerd, 
     assert top_layer_files(env, ref, tmp_path) == {BUILT_BY_SCRIPT: b"#!/bin/sh\necho built_by=docker-buildkit\n"}
 
 
+@pytest.mark.parametrize("buildkit", ["0", "1"])
+def test_a_root_layer_builds_and_a_failing_run_step_is_named_with_either_builder(docker_chain, dockerd, tmp_path,
+                                                                                 buildkit):
+    """A layer `from:` the bootstrapped image (passed to BuildKit by a tag, never a bare id): one RUN step
+    works, the next fails, and the error names the layer, the step and its exit status."""
+    if buildkit == "1" and not DEBIAN_DOCKER_CLI.exists():
+        pytest.skip(f"needs Debian's docker.io CLI ({DEBIAN_DOCKER_CLI}), which has BuildKit without buildx")
+    cli_dir = tmp_path / "bin"
+    cli_dir.mkdir()
+    (cli_dir / "docker").symlink_to(DEBIAN_DOCKER_CLI if buildkit == "1" else shutil.which("docker"))
+    layer = tmp_path / "layers" / "broken"
+    layer.mkdir(parents=True)
+    (layer / "layer.yaml").write_text("from: localhost/openos365/debian:bookworm\n"
+                                      f"image: localhost/openos365-engines/broken{buildkit}\n")
+    (layer / "Containerfile").write_text("ARG PARENT\nFROM ${PARENT}\nRUN test -x /bin/sh\n"
+                                         "RUN echo about to fail && exit 3\n")
+    result = cli("build", str(layer), "--engine", "docker", check=False,
+                 env={**dockerd, "DOCKER_BUILDKIT": buildkit, "PATH": f"{cli_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 1, result.stderr
+    assert "layer broken: " in result.stderr and "Containerfile: STEP " in result.stderr
+    assert "RUN echo about to fail && exit 3 failed with exit status 3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_docker_without_a_daemon_says_how_to_start_one(tmp_path):
     result = cli("build", "layers/server", "--engine", "docker", check=False,
                  env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock", "DOCKER_BUILDKIT": "0"})

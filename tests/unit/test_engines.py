@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from openos365 import build
 from openos365 import engine as engine_pkg
 from openos365.engine import docker as docker_mod
-from openos365.engine.base import BuildRequest
+from openos365.engine.base import BuildRequest, ImageInfo, repository
 from openos365.engine.docker import Docker, DockerSetup, choose_builder
 from openos365.errors import MissingToolError, UserError
 from openos365.runner import Result
@@ -136,3 +137,33 @@ def test_an_oci_archive_is_read_from_the_daemon_docker_host_names(monkeypatch, t
     argv = docker.calls[-1][0]
     assert argv[:3] == ["skopeo", "copy", "--src-daemon-host=unix:///run/test/docker.sock"]
     assert argv[-2:] == ["docker-daemon:localhost/x/web:latest", f"oci-archive:{tmp_path / 'a.tar'}"]
+
+
+@pytest.mark.parametrize("ref,repo", [
+    ("localhost/openos365/debian:bookworm", "localhost/openos365/debian"),
+    ("registry.example.com:5000/os/base:1", "registry.example.com:5000/os/base"),
+    ("registry.example.com:5000/os/base", "registry.example.com:5000/os/base"),
+    ("debian@sha256:" + "0" * 64, "debian"),
+    ("debian", "debian"),
+])
+def test_repository_drops_tag_and_digest_only(ref, repo):
+    assert repository(ref) == repo
+
+
+def test_a_root_layer_names_its_from_image_by_a_tag_for_docker(tmp_path, monkeypatch):
+    """BuildKit refuses a bare image id in FROM, also for the first layer of a chain (its `from:` image)."""
+    layer = tmp_path / "layers" / "web"
+    layer.mkdir(parents=True)
+    (layer / "layer.yaml").write_text("from: localhost/os/debian:bookworm\nimage: localhost/os/web\n")
+    (layer / "Containerfile").write_text("ARG PARENT\nFROM ${PARENT}\n")
+    docker = fake(monkeypatch, FakeDocker(OLD_CLI, OLD_CLI))
+    base_id = "cd" * 32
+
+    def inspect(self, ref):
+        return ImageInfo(id=base_id if "debian" in ref else "ab" * 32, names=(), created=0, config={})
+
+    monkeypatch.setattr(Docker, "inspect", inspect)
+    build.build_layer_chain(layer, Docker(), workdir=tmp_path / "work")
+    assert ["docker", "tag", "--", base_id, "localhost/os/debian:cdcdcdcdcdcd"] in [c[0] for c in docker.calls]
+    argv = next(c[0] for c in docker.calls if c[0][1] == "build")
+    assert argv[argv.index("--build-arg") + 1] == "PARENT=localhost/os/debian:cdcdcdcdcdcd"

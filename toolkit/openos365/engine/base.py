@@ -64,6 +64,13 @@ def check_ref(ref: str, *, where: str = "image reference") -> str:
     return ref
 
 
+def repository(ref: str) -> str:
+    """ref without its tag or digest: registry.example.com:5000/os/base:1 -> registry.example.com:5000/os/base."""
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
 # How a build names the step it runs: podman/buildah, docker's legacy builder, BuildKit (progress and
 # its error summary " > [2/3] RUN ...:"), each as "STEP n/m: INSTRUCTION".
 _STEP_PATTERNS = (
