@@ -8,6 +8,9 @@ export DEBIAN_FRONTEND=noninteractive
 APT_PACKAGES=(
   # engines and base images
   podman buildah skopeo uidmap fuse-overlayfs crun mmdebstrap
+  # docker's engine: dockerd with runc and containerd (Debian's 20.10, whose CLI has BuildKit built in); the
+  # tests start a dockerd of their own, and podman keeps crun
+  docker.io
   # disks, filesystems, boot loaders, conversions (e2fsprogs comes from backports below)
   fdisk dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin qemu-utils
   # live ISO and KIS

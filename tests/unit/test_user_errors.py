@@ -293,6 +293,8 @@ def _fake_stdout(argv: list[str]) -> str:
         if argv[0] == "buildah":
             return json.dumps({"FromImageID": "ab", "OCIv1": {"created": created}})
         return json.dumps([{"Id": "sha256:ab", "Created": created}])
+    if argv[:2] == ["docker", "version"]:
+        return json.dumps({"Client": {"Version": "20.10.24"}, "Server": {"Version": "20.10.24"}})
     return "cid\n" if argv[:2] == ["buildah", "from"] else "/mnt/x\n"
 
 
@@ -325,6 +327,8 @@ def test_failed_run_step_in_podman_names_layer_step_and_status(tmp_path, monkeyp
      'ERROR: failed to solve: process "/bin/sh -c exit 3" did not complete successfully: exit code: 3'),
 ])
 def test_failed_run_step_in_docker_names_layer_step_and_status(tmp_path, monkeypatch, lines):
+    monkeypatch.setattr(docker_mod.Docker, "setup",
+                        lambda self: docker_mod.DockerSetup("28.2.2", "20.10.24", lines[0].startswith("#")))
     monkeypatch.setattr(docker_mod, "run", Recorder(lines, fail=1, tail=lines))
     with pytest.raises(CommandError) as err:
         build.build_one(web_layer(tmp_path), "ab", docker_mod.Docker(), cache_from=None, cache_to=None,

@@ -11,6 +11,7 @@ from typing import Any
 from . import log
 from .config import LayerConfig, load_yaml_mapping
 from .engine import BuildRequest, Engine, ImageInfo, check_ref
+from .engine.base import repository
 from .errors import CommandError, OpenOSError, UserError, shown
 from .layers import chain
 from .reuse import BuildRecords, context_key
@@ -38,7 +39,9 @@ def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None
     records = None if no_cache or cache_from or cache_to else BuildRecords(workdir)
     for layer in layers:
         if layer.parent is None:
-            parent_ref = ensure_base_image(layer, engine, workdir=workdir)
+            assert layer.base_image is not None
+            base_id = ensure_base_image(layer, engine, workdir=workdir)
+            parent_ref = engine.parent_arg(base_id, repository(layer.base_image))
         assert parent_ref is not None
         built = build_one(layer, parent_ref, engine, cache_from=cache_from, cache_to=cache_to,
                           no_cache=no_cache, records=records)

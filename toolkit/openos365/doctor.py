@@ -7,6 +7,7 @@ import os
 from rich.table import Table
 
 from . import log, tools, userns
+from .errors import OpenOSError
 from .runner import which
 
 
@@ -44,12 +45,30 @@ def run_doctor() -> bool:
                  "(Debian 12: apt-get install -t bookworm-backports e2fsprogs)")
     if not any(os.path.exists(p) for p in tools.OVMF_CODE_CANDIDATES):
         log.warn("no OVMF firmware: `openos365 test --firmware uefi` needs it (Debian: ovmf, Fedora: edk2-ovmf)")
-    engines = [e for e in ("podman", "buildah", "docker") if which(e)]
-    log.info(f"container engines found: {', '.join(engines) or 'none'}")
+    log.info(f"container engines found: {', '.join(engine_lines()) or 'none'}")
     log.info(f"KVM: {'usable' if os.access('/dev/kvm', os.R_OK | os.W_OK) else 'not available'} "
              "(boot tests fall back to TCG)")
     log.info(rootless_line())
     return ok
+
+
+def engine_lines() -> list[str]:
+    """Each installed engine, and whether it can work here (docker: its daemon and builder) or why not."""
+    from .engine import ENGINES
+
+    lines = []
+    for name, engine_cls in ENGINES.items():
+        if which(engine_cls.binary) is None:
+            continue
+        engine = engine_cls()
+        try:
+            engine.check_ready()
+        except OpenOSError as exc:
+            lines.append(f"{name} (NOT usable: {exc.message}; fix: {exc.hint})")
+            continue
+        detail = engine.describe()
+        lines.append(f"{name} ({detail})" if detail else name)
+    return lines
 
 
 def rootless_line() -> str:

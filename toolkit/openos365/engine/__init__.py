@@ -25,9 +25,14 @@ def detect(name: str | None = None) -> Engine:
         if which(engine_cls.binary) is None:
             raise MissingToolError(f"engine '{name}' is not installed",
                                    hint=f"install it (Debian: apt-get install {engine_cls.package})")
-        return engine_cls()
+        return _ready(engine_cls())
     for engine_cls in ENGINES.values():
         if which(engine_cls.binary) is not None:
-            return engine_cls()
+            return _ready(engine_cls())
     raise MissingToolError("no container engine found (podman, buildah or docker)",
                            hint="install podman: apt-get install podman (Fedora: dnf install podman)")
+
+
+def _ready(engine: Engine) -> Engine:
+    engine.check_ready()
+    return engine

@@ -64,6 +64,13 @@ def check_ref(ref: str, *, where: str = "image reference") -> str:
     return ref
 
 
+def repository(ref: str) -> str:
+    """ref without its tag or digest: registry.example.com:5000/os/base:1 -> registry.example.com:5000/os/base."""
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
 # How a build names the step it runs: podman/buildah, docker's legacy builder, BuildKit (progress and
 # its error summary " > [2/3] RUN ...:"), each as "STEP n/m: INSTRUCTION".
 _STEP_PATTERNS = (
@@ -144,6 +151,15 @@ class Engine(ABC):
     name: str = ""
     binary: str = ""
     package: str = ""
+
+    def check_ready(self) -> None:
+        """Raise, saying how to fix it, when the engine is installed but cannot work here (docker without a
+        reachable daemon); engines that need nothing running have nothing to check."""
+        return None
+
+    def describe(self) -> str:
+        """What `doctor` says of the engine beyond its name (docker: CLI, daemon and builder)."""
+        return ""
 
     def _json(self, argv: list[str], **kwargs: Any) -> Any:
         return json.loads(run(argv, capture=True, **kwargs).stdout or "null")
