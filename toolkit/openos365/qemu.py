@@ -209,6 +209,8 @@ def kis_files(path: Path) -> dict[str, Path]:
 def medium_args(req: BootRequest, work: Path) -> tuple[list[str], str]:
     """The drives for the artifact, and a word for the mode."""
     art = req.artifact.resolve()
+    if art.suffix in (".kernel", ".initrd") and art.with_suffix(".append").is_file():
+        art = art.with_suffix(".append")   # any file of a KIS set names the set, not a disk to boot
     if art.is_dir() or art.suffix == ".append":
         kis = kis_files(art)
         cmdline = kis["append"].read_text().strip()
