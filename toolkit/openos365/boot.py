@@ -31,23 +31,62 @@ class Kernel:
     kernel_link: Path | None = None   # boot-loader path that survives in-guest kernel upgrades (/vmlinuz)
     initrd_link: Path | None = None
 
+    @property
+    def survives_upgrades(self) -> bool:
+        """The boot loader can name paths the image's kernel packages keep pointing at the newest kernel;
+        otherwise grub.cfg finds the newest kernel at boot (disk.grub.discovery_config)."""
+        return self.kernel_link is not None and self.initrd_link is not None
+
+
+# Links a distribution's kernel packages move to each newly installed kernel, best first: Debian and Ubuntu
+# (linux-base, in / by default or in /boot with link_in_boot), openSUSE (the kernel's %post, in /boot).
+UPGRADE_LINKS = (("vmlinuz", "initrd.img"), ("boot/vmlinuz", "boot/initrd.img"), ("boot/vmlinuz", "boot/initrd"))
+# A kernel's initrd next to /boot/vmlinuz-<name>: Debian/Ubuntu (initramfs-tools), Fedora and Arch
+# (dracut, mkinitcpio), openSUSE (dracut, named by its mkinitrd wrapper).
+BOOT_INITRDS = ("boot/initrd.img-{}", "boot/initramfs-{}.img", "boot/initrd-{}")
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    version: str
+    kernel: str                  # as found, symlinks not resolved
+    initrds: tuple[str, ...]     # where its initrd may be, best first
+    by_package: bool = False     # Arch: /boot/vmlinuz-<pkgbase>, replaced in place by each kernel upgrade
+
 
 def _version_key(version: str) -> list[tuple[int, int, str]]:
     """Numeric parts compare as numbers, others as text (a number sorts after text in the same place)."""
     return [(1, int(p), "") if p.isdigit() else (0, 0, p) for p in re.split(r"[.\-+~]", version)]
 
 
-def _candidates(tree: ImageTree) -> list[tuple[str, str, list[str]]]:
-    """(version, kernel, initrd candidates) for the layouts distributions use."""
+def _package_bases(tree: ImageTree) -> dict[str, str]:
+    """Arch's kernel packages: pkgbase (linux, linux-lts) -> version, from usr/lib/modules/<version>/pkgbase.
+    Their files in /boot are named after the package, not the version: /boot/vmlinuz-linux."""
+    bases = {}
+    for directory in tree.glob("usr/lib/modules", "*"):
+        try:
+            name = tree.read_text(f"{directory}/pkgbase", limit=256).strip()
+        except (TreeError, OSError):
+            continue
+        if name and "/" not in name:
+            bases[name] = directory.rpartition("/")[2]
+    return bases
+
+
+def _candidates(tree: ImageTree) -> list[_Candidate]:
+    """The kernels of the layouts distributions use: /boot/vmlinuz-<version> (Debian, Fedora, openSUSE),
+    /boot/vmlinuz-<pkgbase> (Arch), /usr/lib/modules/<version>/vmlinuz (Fedora's kernel-core, bootc)."""
+    bases = _package_bases(tree)
     found = []
     for kernel in tree.glob("boot", "vmlinuz-*"):
-        version = kernel.rpartition("/vmlinuz-")[2]
-        found.append((version, kernel, [f"boot/initrd.img-{version}", f"boot/initramfs-{version}.img"]))
+        name = kernel.rpartition("/vmlinuz-")[2]
+        initrds = tuple(pattern.format(name) for pattern in BOOT_INITRDS)
+        found.append(_Candidate(bases.get(name, name), kernel, initrds, by_package=name in bases))
     for directory in tree.glob("usr/lib/modules", "*"):
         version = directory.rpartition("/")[2]
-        if tree.is_file(f"{directory}/vmlinuz") and not any(v == version for v, _, _ in found):
-            found.append((version, f"{directory}/vmlinuz", [f"{directory}/initramfs.img",
-                                                            f"boot/initramfs-{version}.img"]))
+        if tree.is_file(f"{directory}/vmlinuz") and not any(c.version == version for c in found):
+            found.append(_Candidate(version, f"{directory}/vmlinuz", (f"{directory}/initramfs.img",
+                                                                      *(p.format(version) for p in BOOT_INITRDS))))
     return found
 
 
@@ -55,23 +94,33 @@ def find_kernel(root: Path | ImageTree) -> Kernel:
     """The newest kernel and its initrd, as paths without symlinks: an image's `initrd.img -> /etc/shadow`
     means the image's own /etc/shadow, never the build host's."""
     tree = as_tree(root)
-    found = [c for c in _candidates(tree) if tree.is_file(c[1])]
+    found = [c for c in _candidates(tree) if tree.is_file(c.kernel)]
     if not found:
         raise UserError(f"the image has no kernel (looked for /boot/vmlinuz-* and /usr/lib/modules/*/vmlinuz in "
                         f"{tree.root})", hint="add a kernel to the layer: linux-image-amd64 (Debian), "
-                        "linux-image-generic (Ubuntu), kernel (Fedora), kernel-default (openSUSE)")
-    version, kernel, initrds = max(found, key=lambda item: _version_key(item[0]))
-    initrd = next((tree.resolve(p, follow=True) for p in initrds if tree.is_file(p)), None)
-    if initrd is None:
-        raise UserError(f"the image has kernel {version} but no initrd for it",
-                        hint="add an initrd generator to the layer before the kernel: initramfs-tools (Debian) "
-                        "or dracut (Fedora/openSUSE), configured non-host-only")
-    kernel = tree.resolve(kernel, follow=True)
-    link = tree.readlink("vmlinuz")
-    same_kernel = link is not None and Path(link).name == Path(kernel).name
-    return Kernel(version, Path(kernel), Path(initrd),
-                  Path("vmlinuz") if same_kernel else None,
-                  Path("initrd.img") if same_kernel and tree.is_symlink("initrd.img") else None)
+                        "linux-image-generic (Ubuntu), kernel (Fedora), kernel-default (openSUSE), linux (Arch)")
+    best = max(found, key=lambda c: _version_key(c.version))
+    initrd_path = next((p for p in best.initrds if tree.is_file(p)), None)
+    if initrd_path is None:
+        raise UserError(f"the image has kernel {best.version} but no initrd for it",
+                        hint="add an initrd generator to the layer before the kernel: initramfs-tools (Debian), "
+                        "dracut (Fedora/openSUSE, configured non-host-only) or mkinitcpio (Arch)")
+    kernel, initrd = tree.resolve(best.kernel, follow=True), tree.resolve(initrd_path, follow=True)
+    if best.by_package:
+        links: tuple[Path | None, Path | None] = (Path(best.kernel), Path(initrd_path))
+    else:
+        links = _upgrade_links(tree, kernel, initrd)
+    return Kernel(best.version, Path(kernel), Path(initrd), *links)
+
+
+def _upgrade_links(tree: ImageTree, kernel: str, initrd: str) -> tuple[Path | None, Path | None]:
+    """The first pair of UPGRADE_LINKS that leads to this very kernel and initrd, else (None, None)."""
+    for kernel_link, initrd_link in UPGRADE_LINKS:
+        if (tree.is_symlink(kernel_link) and tree.is_symlink(initrd_link)
+                and tree.resolve(kernel_link, follow=True) == kernel
+                and tree.resolve(initrd_link, follow=True) == initrd):
+            return Path(kernel_link), Path(initrd_link)
+    return None, None
 
 
 def as_tree(root: Path | ImageTree) -> ImageTree:
@@ -88,20 +137,42 @@ def live_support(root: Path | ImageTree) -> str | None:
     return None
 
 
-def grub_modules(root: Path | ImageTree, platform: str, scratch: Path) -> Path:
+# Where GRUB's modules for a platform live: Debian, Ubuntu, Fedora and Arch (usr/lib/grub/<platform>), openSUSE
+# (usr/share/grub2/<platform>, from grub2-i386-pc and grub2-x86_64-efi).
+GRUB_MODULE_DIRS = ("usr/lib/grub", "usr/share/grub2")
+GRUB_MODULE_PACKAGES = {
+    "i386-pc": "grub-pc-bin (Debian), grub2-pc-modules (Fedora), grub2-i386-pc (openSUSE), grub (Arch)",
+    "x86_64-efi": "grub-efi-amd64-bin (Debian), grub2-efi-x64-modules (Fedora), grub2-x86_64-efi (openSUSE), "
+                  "grub (Arch)",
+}
+
+
+def image_grub_dir(root: Path | ImageTree, platform: str) -> str | None:
+    """The image's directory of GRUB modules for platform (i386-pc, x86_64-efi), or None."""
+    tree = as_tree(root)
+    return next((f"{d}/{platform}" for d in GRUB_MODULE_DIRS if tree.is_file(f"{d}/{platform}/normal.mod")), None)
+
+
+def host_grub_dir(platform: str, host_root: Path = Path("/")) -> Path | None:
+    """The build host's GRUB modules for platform (the grub2-* packages of Fedora and openSUSE too), or None."""
+    return next((host_root / d / platform for d in GRUB_MODULE_DIRS
+                 if (host_root / d / platform / "normal.mod").exists()), None)
+
+
+def grub_modules(root: Path | ImageTree, platform: str, scratch: Path, host_root: Path = Path("/")) -> Path:
     """GRUB modules for i386-pc or x86_64-efi: the image's own (so boot code matches the image), copied out
     as regular files into scratch (host tools such as grub-mkimage then read copies, never image paths);
     else the host's."""
     tree = as_tree(root)
-    if tree.is_file(f"usr/lib/grub/{platform}/normal.mod"):
-        return tree.copy_dir_out(f"usr/lib/grub/{platform}", scratch / f"grub-{platform}")
-    host = Path("/usr/lib/grub") / platform
-    if (host / "normal.mod").exists():
+    own = image_grub_dir(tree, platform)
+    if own is not None:
+        return tree.copy_dir_out(own, scratch / f"grub-{platform}")
+    host = host_grub_dir(platform, host_root)
+    if host is not None:
         log.note(f"the image has no GRUB {platform} modules; using the host's {host}")
         return host
-    package = "grub-pc-bin" if platform == "i386-pc" else "grub-efi-amd64-bin"
     raise UserError(f"no GRUB modules for {platform} in the image or on the host",
-                    hint=f"add {package} to the layer (Debian) or install it on the host")
+                    hint=f"add the package to the layer, or install it on the host: {GRUB_MODULE_PACKAGES[platform]}")
 
 
 @dataclass(frozen=True)
@@ -197,9 +268,17 @@ def uefi_loader_files(root: Path | ImageTree, signed: SignedBoot | None, *, sear
                                                   output=work / "BOOTX64.EFI", modules=modules)}
 
 
+# Distributions whose own repositories have no Microsoft-signed shim (Arch: shim-signed is in the AUR only).
+UNSIGNED_DISTRIBUTIONS = {"arch": "Arch Linux has no signed shim in its repositories (shim-signed is in the AUR): "
+                                  "enrol your own keys and sign GRUB and the kernel"}
+
+
 def signed_boot_hint(root: Path | ImageTree) -> str:
     """Which packages give an image of this distribution its signed boot chain."""
     words = " ".join(os_release(root).get(k, "") for k in ("ID", "ID_LIKE")).lower()
+    for distribution, hint in UNSIGNED_DISTRIBUTIONS.items():
+        if distribution in words.split():
+            return hint
     for layout in SIGNED_LAYOUTS:
         if layout.vendor in words.split() or layout.distribution.lower() in words:
             return f"add {layout.packages} to the layer"
@@ -227,7 +306,7 @@ def describe_tree(root: Path | ImageTree) -> dict[str, Any]:
         info.update(kernel=str(kernel.kernel), initrd=str(kernel.initrd), kernel_version=kernel.version)
     except UserError as exc:
         info["kernel_problem"] = exc.message
-    info["grub"] = [p for p in ("i386-pc", "x86_64-efi") if tree.is_file(f"usr/lib/grub/{p}/normal.mod")]
+    info["grub"] = [p for p in ("i386-pc", "x86_64-efi") if image_grub_dir(tree, p)]
     info["systemd_repart"] = has_repart(tree)
     try:
         info["os"] = os_release(tree).get("PRETTY_NAME")

@@ -6,7 +6,7 @@ import os
 
 from rich.table import Table
 
-from . import log, tools, userns
+from . import boot, log, tools, userns
 from .errors import OpenOSError
 from .runner import which
 
@@ -43,6 +43,10 @@ def run_doctor() -> bool:
     if version is not None and not tools.reproducible_ext4():
         log.warn(f"e2fsprogs {'.'.join(map(str, version))} < 1.47.1: ext4 disks are not byte-reproducible "
                  "(Debian 12: apt-get install -t bookworm-backports e2fsprogs)")
+    for platform, packages in boot.GRUB_MODULE_PACKAGES.items():
+        if boot.host_grub_dir(platform) is None:
+            log.warn(f"no GRUB {platform} modules on this host: disks and ISOs of images without their own need "
+                     f"them ({packages})")
     if not any(os.path.exists(p) for p in tools.OVMF_CODE_CANDIDATES):
         log.warn("no OVMF firmware: `openos365 test --firmware uefi` needs it (Debian: ovmf, Fedora: edk2-ovmf)")
     log.info(f"container engines found: {', '.join(engine_lines()) or 'none'}")

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..boot import BOOT_INITRDS
 from ..runner import run
 
 # core.img must find /boot/grub on the root filesystem; normal.mod and the rest load from there.
@@ -33,7 +34,14 @@ class MenuEntry:
 
 def config(entries: list[MenuEntry], *, search: str, timeout: int = 3) -> str:
     """grub.cfg: menu on the serial console and the screen; the first entry boots after `timeout`."""
-    lines = [
+    lines = _header(search, timeout)
+    for entry in entries:
+        lines += _menu_entry(entry)
+    return "\n".join(lines) + "\n"
+
+
+def _header(search: str, timeout: int) -> list[str]:
+    return [
         f"set timeout={timeout}",
         "set default=0",
         "serial --unit=0 --speed=115200",
@@ -42,14 +50,91 @@ def config(entries: list[MenuEntry], *, search: str, timeout: int = 3) -> str:
         search,
         "",
     ]
-    for entry in entries:
-        lines += [
-            f'menuentry "{entry.title}" {{',
-            "  insmod gzio",
-            f"  linux {entry.kernel} {entry.cmdline}".rstrip(),
-            f"  initrd {entry.initrd}",
-            "}",
-        ]
+
+
+def _menu_entry(entry: MenuEntry) -> list[str]:
+    return [
+        f'menuentry "{entry.title}" {{',
+        "  insmod gzio",
+        f"  linux {entry.kernel} {entry.cmdline}".rstrip(),
+        f"  initrd {entry.initrd}",
+        "}",
+    ]
+
+
+# --- finding the newest kernel at boot -----------------------------------------------------------------
+# For images without links their kernel packages keep up to date (Fedora, openSUSE without /boot/vmlinuz,
+# Debian without /vmlinuz): a kernel installed inside the running system must be booted next time, and GRUB
+# cannot run the image's own grub-mkconfig. So grub.cfg looks at /boot and /usr/lib/modules itself, with
+# upstream GRUB only: `for` over a wildcard (regexp.mod's file name expansion), `regexp` for the version,
+# `test -pgt` to compare versions (the first differing run of digits, compared as a number), functions.
+
+# Where a kernel's initrd may be in /boot, in GRUB's words ($2: the version), best first: as find_kernel looks.
+BOOT_TIME_INITRDS = tuple(f'"/{p.format("$2")}"' for p in BOOT_INITRDS)
+
+NEWEST_KERNEL = """\
+# openos365: boot the newest kernel on this file system, found now rather than when the image was exported,
+# so that a kernel installed inside the system boots next time. Without one, the kernel exported with it.
+insmod regexp
+set openos365_kernel={kernel}
+set openos365_initrd={initrd}
+set openos365_version=
+# $1: a kernel, $2: its version, $3: an initrd to prefer (or nothing). Every path tested has an existing
+# directory: GRUB prints an error for a missing one.
+function openos365_consider {{
+  if [ ! -f "$1" ]; then return; fi
+  if regexp rescue "$2"; then return; fi
+  for openos365_initrd_path in "$3" {initrds}; do
+    if [ -n "$openos365_initrd_path" -a -f "$openos365_initrd_path" ]; then
+      if [ -z "$openos365_version" ]; then
+        set openos365_newer=1
+      elif [ "$2" -pgt "$openos365_version" ]; then
+        set openos365_newer=1
+      else
+        set openos365_newer=0
+      fi
+      if [ "$openos365_newer" = 1 ]; then
+        set openos365_version="$2"
+        set openos365_kernel="$1"
+        set openos365_initrd="$openos365_initrd_path"
+      fi
+      return
+    fi
+  done
+}}
+for openos365_file in /boot/vmlinuz-*; do
+  if regexp --set=1:openos365_found '/vmlinuz-([^/]+)$' "$openos365_file"; then
+    openos365_consider "$openos365_file" "$openos365_found"
+  fi
+done
+if [ -d /usr/lib/modules ]; then
+  for openos365_file in /usr/lib/modules/*; do
+    if [ -d "$openos365_file" ]; then
+      if regexp --set=1:openos365_found '/modules/([^/]+)$' "$openos365_file"; then
+        openos365_consider "$openos365_file/vmlinuz" "$openos365_found" "$openos365_file/initramfs.img"
+      fi
+    fi
+  done
+fi
+export openos365_kernel
+export openos365_initrd
+set fallback=1
+"""
+
+
+def grub_word(text: str) -> str:
+    """text as one literal word of GRUB script (single-quoted; a quote is closed, escaped and reopened)."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def discovery_config(title: str, fallback: MenuEntry, *, search: str, timeout: int = 3) -> str:
+    """grub.cfg that boots the newest kernel found at boot time (entry 0), and `fallback` (entry 1, the
+    kernel found at export time) when that fails."""
+    lines = _header(search, timeout)
+    lines.append(NEWEST_KERNEL.format(kernel=grub_word(fallback.kernel), initrd=grub_word(fallback.initrd),
+                                      initrds=" ".join(BOOT_TIME_INITRDS)))
+    lines += _menu_entry(MenuEntry(title, '"$openos365_kernel"', '"$openos365_initrd"', fallback.cmdline))
+    lines += _menu_entry(fallback)
     return "\n".join(lines) + "\n"
 
 

@@ -75,15 +75,22 @@ def prepare_disk_tree(tree: ImageTree, ctx: ExportContext, kernel: boot.Kernel, 
     for platform, modules in grub_dirs.items():
         tree.remove(f"boot/grub/{platform}")
         tree.copy_dir_in(modules, f"boot/grub/{platform}")
-    entry = grub.MenuEntry(
-        title=ctx.name,
-        kernel=f"/{kernel.kernel_link or kernel.kernel}",
-        initrd=f"/{kernel.initrd_link or kernel.initrd}",
-        cmdline=cmdline)
-    tree.write("boot/grub/grub.cfg", grub.config([entry], search=grub.search_by_uuid(root_uuid), timeout=1),
-               mtime=epoch)
+    tree.write("boot/grub/grub.cfg", grub_cfg(ctx.name, kernel, cmdline, root_uuid), mtime=epoch)
     clamp_mtimes(tree.root, epoch)
     return user
+
+
+def grub_cfg(name: str, kernel: boot.Kernel, cmdline: str, root_uuid: str) -> str:
+    """One entry with the paths the image's kernel packages keep up to date (Debian's /vmlinuz, openSUSE's
+    /boot/vmlinuz, Arch's /boot/vmlinuz-linux); without such paths, the newest kernel found at boot time and
+    the exported one as the fallback entry."""
+    search = grub.search_by_uuid(root_uuid)
+    if kernel.survives_upgrades:
+        entry = grub.MenuEntry(name, f"/{kernel.kernel_link}", f"/{kernel.initrd_link}", cmdline)
+        return grub.config([entry], search=search, timeout=1)
+    exported = grub.MenuEntry(f"{name} (kernel {kernel.version}, as exported)", f"/{kernel.kernel}",
+                              f"/{kernel.initrd}", cmdline)
+    return grub.discovery_config(name, exported, search=search, timeout=1)
 
 
 def platforms(firmware: str) -> list[str]:

@@ -68,7 +68,8 @@ class DiskExporter(Exporter):
         steps = [
             "copy the tree; write fstab (root by UUID, x-systemd.growfs), /etc/repart.d (grow root), hostname, "
             "empty machine-id, no SSH host keys" + customize.summary(ctx.options),
-            "write GRUB modules and grub.cfg into /boot/grub (serial + screen console)",
+            "write GRUB modules and grub.cfg into /boot/grub (serial + screen console; it boots the kernel links "
+            "the image's packages keep up to date, else the newest kernel it finds at boot)",
             f"lay out a GPT ({'BIOS boot, ' if fw != 'uefi' else ''}{'ESP, ' if fw != 'bios' else ''}root last) "
             "on a sparse file with sfdisk",
             "mkfs.ext4 -d the tree straight into the root partition",
