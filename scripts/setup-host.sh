@@ -21,6 +21,9 @@ APT_PACKAGES=(
   openssl
   # boot tests and the local test registry
   qemu-system-x86 ovmf docker-registry
+  # --arch arm64: builds run arm64 binaries through qemu-user (binfmt_misc), mmdebstrap checks with arch-test;
+  # arm64 artifacts boot under qemu-system-aarch64 with its UEFI (AAVMF)
+  qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
   # ssh-keygen: the cloud boot test makes the key its user-data installs
   openssh-client
   # python
@@ -48,6 +51,15 @@ fi
 run_as_root apt-get update -q
 run_as_root apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
 run_as_root apt-get install -y -q --no-install-recommends "${E2FS_TARGET[@]}" e2fsprogs
+
+# Foreign binaries in builds: binfmt_misc mounted and qemu-user registered (with the F flag, so it works in a
+# build's chroot). Containers and CI machines often start with neither; doctor says when this is missing.
+if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+  run_as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || echo "binfmt_misc: cannot mount (--arch arm64 builds will not work here)"
+fi
+if [ -e /proc/sys/fs/binfmt_misc/status ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  run_as_root update-binfmts --enable qemu-aarch64 || echo "binfmt_misc: cannot register qemu-aarch64"
+fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

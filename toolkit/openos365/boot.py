@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from . import customize, log
+from .arch import ARCHES, Arch
 from .errors import UserError
 from .imagetree import ImageTree, TreeError
 from .rootfs import clamp_mtimes, copy_tree
 
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200"
+
+
+def serial_console(arch: Arch | None = None) -> str:
+    """The kernel's consoles: the screen, and last (so /dev/console) the architecture's serial port."""
+    return f"console=tty0 console={arch.console}" if arch else SERIAL_CONSOLE
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ GRUB_MODULE_PACKAGES = {
     "i386-pc": "grub-pc-bin (Debian), grub2-pc-modules (Fedora), grub2-i386-pc (openSUSE), grub (Arch)",
     "x86_64-efi": "grub-efi-amd64-bin (Debian), grub2-efi-x64-modules (Fedora), grub2-x86_64-efi (openSUSE), "
                   "grub (Arch)",
+    "arm64-efi": "grub-efi-arm64-bin (Debian), grub2-efi-aa64-modules (Fedora), grub2-arm64-efi (openSUSE), "
+                 "grub (Arch)",
 }
 
 
@@ -186,6 +194,7 @@ class SignedLayout:
     mok_manager: tuple[str, ...]
     vendor: str
     packages: str                  # what to add to a layer
+    arch: str = "amd64"
 
 
 SIGNED_LAYOUTS = (
@@ -198,6 +207,16 @@ SIGNED_LAYOUTS = (
                  ("boot/efi/EFI/fedora/mmx64.efi",), "fedora", "shim-x64 grub2-efi-x64"),
     SignedLayout("openSUSE", ("usr/share/efi/x86_64/shim.efi",), ("usr/share/efi/x86_64/grub.efi",),
                  ("usr/share/efi/x86_64/MokManager.efi",), "opensuse", "shim grub2-x86_64-efi"),
+    SignedLayout("Debian", ("usr/lib/shim/shimaa64.efi.signed",),
+                 ("usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",), ("usr/lib/shim/mmaa64.efi.signed",),
+                 "debian", "shim-signed grub-efi-arm64-signed", "arm64"),
+    SignedLayout("Ubuntu", ("usr/lib/shim/shimaa64.efi.signed.latest", "usr/lib/shim/shimaa64.efi.signed.previous"),
+                 ("usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",), ("usr/lib/shim/mmaa64.efi.signed",),
+                 "ubuntu", "shim-signed grub-efi-arm64-signed", "arm64"),
+    SignedLayout("Fedora", ("boot/efi/EFI/fedora/shimaa64.efi",), ("boot/efi/EFI/fedora/grubaa64.efi",),
+                 ("boot/efi/EFI/fedora/mmaa64.efi",), "fedora", "shim-aa64 grub2-efi-aa64", "arm64"),
+    SignedLayout("openSUSE", ("usr/share/efi/aarch64/shim.efi",), ("usr/share/efi/aarch64/grub.efi",),
+                 ("usr/share/efi/aarch64/MokManager.efi",), "opensuse", "shim grub2-arm64-efi", "arm64"),
 )
 
 
@@ -211,27 +230,30 @@ class SignedBoot:
     grub: str
     mok_manager: str | None
     vendor: str
+    arch: Arch = ARCHES["amd64"]
 
 
-def find_signed_boot(root: Path | ImageTree) -> SignedBoot | None:
+def find_signed_boot(root: Path | ImageTree, arch: Arch | None = None) -> SignedBoot | None:
     tree = as_tree(root)
+    arch = arch or ARCHES["amd64"]
 
     def first(candidates: tuple[str, ...]) -> str | None:
         return next((path for path in candidates if tree.is_file(path)), None)
 
-    for layout in SIGNED_LAYOUTS:
+    for layout in (layout for layout in SIGNED_LAYOUTS if layout.arch == arch.name):
         shim, grub_efi = first(layout.shim), first(layout.grub)
         if shim and grub_efi:
-            return SignedBoot(layout.distribution, shim, grub_efi, first(layout.mok_manager), layout.vendor)
+            return SignedBoot(layout.distribution, shim, grub_efi, first(layout.mok_manager), layout.vendor, arch)
     return None
 
 
-def secure_boot_chain(root: Path | ImageTree, secure_boot: str, firmware: str) -> SignedBoot | None:
+def secure_boot_chain(root: Path | ImageTree, secure_boot: str, firmware: str,
+                      arch: Arch | None = None) -> SignedBoot | None:
     """The signed chain the UEFI path boots through, or None for grub-mkimage's own (unsigned) image.
     `--secure-boot on` without the signed binaries is an error before any work, naming the packages."""
     if firmware == "bios" or secure_boot == "off":
         return None
-    signed = find_signed_boot(root)
+    signed = find_signed_boot(root, arch)
     if signed is None and secure_boot == "on":
         raise UserError("--secure-boot on: the image has no signed shim and GRUB to boot through",
                         hint=signed_boot_hint(root) + ", or export with --secure-boot off")
@@ -245,10 +267,11 @@ def signed_efi_files(root: Path | ImageTree, signed: SignedBoot, chain_cfg: str,
     would write boot entries into the machine's NVRAM and reset."""
     tree = as_tree(root)
     work.mkdir(parents=True, exist_ok=True)
-    files = {"/EFI/BOOT/BOOTX64.EFI": tree.copy_out(signed.shim, work / "shimx64.efi"),
-             "/EFI/BOOT/grubx64.efi": tree.copy_out(signed.grub, work / "grubx64.efi")}
+    suffix = signed.arch.efi_suffix
+    files = {signed.arch.efi_loader: tree.copy_out(signed.shim, work / f"shim{suffix}.efi"),
+             f"/EFI/BOOT/grub{suffix}.efi": tree.copy_out(signed.grub, work / f"grub{suffix}.efi")}
     if signed.mok_manager:
-        files["/EFI/BOOT/mmx64.efi"] = tree.copy_out(signed.mok_manager, work / "mmx64.efi")
+        files[f"/EFI/BOOT/mm{suffix}.efi"] = tree.copy_out(signed.mok_manager, work / f"mm{suffix}.efi")
     config = work / "grub.cfg"
     config.write_text(chain_cfg)
     files["/EFI/BOOT/grub.cfg"] = config
@@ -257,15 +280,17 @@ def signed_efi_files(root: Path | ImageTree, signed: SignedBoot, chain_cfg: str,
 
 
 def uefi_loader_files(root: Path | ImageTree, signed: SignedBoot | None, *, search: str, module_dir: Path,
-                      early_cfg: Path, modules: list[str], work: Path) -> dict[str, Path]:
+                      early_cfg: Path, modules: list[str], work: Path, arch: Arch | None = None) -> dict[str, Path]:
     """What goes under \\EFI on an ESP or an EFI boot image, found by `search`: the image's signed chain
-    (Secure Boot), else GRUB's own BOOTX64.EFI made by grub-mkimage from the module copies."""
+    (Secure Boot), else GRUB's own BOOTX64.EFI (BOOTAA64.EFI) made by grub-mkimage from the module copies."""
     from .disk import grub
 
+    arch = arch or ARCHES["amd64"]
     if signed is not None:
         return signed_efi_files(root, signed, grub.chain_config(search), work / "signed")
-    return {"/EFI/BOOT/BOOTX64.EFI": grub.mkimage(fmt="x86_64-efi", module_dir=module_dir, early_cfg=early_cfg,
-                                                  output=work / "BOOTX64.EFI", modules=modules)}
+    loader = arch.efi_loader
+    return {loader: grub.mkimage(fmt=arch.efi_platform, module_dir=module_dir, early_cfg=early_cfg,
+                                 output=work / loader.rsplit("/", 1)[1], modules=grub.efi_modules(modules, arch))}
 
 
 # Distributions whose own repositories have no Microsoft-signed shim (Arch: shim-signed is in the AUR only).
@@ -306,7 +331,7 @@ def describe_tree(root: Path | ImageTree) -> dict[str, Any]:
         info.update(kernel=str(kernel.kernel), initrd=str(kernel.initrd), kernel_version=kernel.version)
     except UserError as exc:
         info["kernel_problem"] = exc.message
-    info["grub"] = [p for p in ("i386-pc", "x86_64-efi") if image_grub_dir(tree, p)]
+    info["grub"] = [p for p in ("i386-pc", "x86_64-efi", "arm64-efi") if image_grub_dir(tree, p)]
     info["systemd_repart"] = has_repart(tree)
     try:
         info["os"] = os_release(tree).get("PRETTY_NAME")

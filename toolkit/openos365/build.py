@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import arch as arches
 from . import log
 from .config import LayerConfig, load_yaml_mapping
 from .engine import BuildRequest, Engine, ImageInfo, check_ref
@@ -32,19 +33,22 @@ def project_root(layer_dir: Path) -> Path:
 
 def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None = None,
                       cache_to: str | None = None, no_cache: bool = False,
-                      workdir: Path, base: str | None = None) -> BuiltImage:
-    layers = on_base(chain(layer_dir), base) if base else chain(layer_dir)
+                      workdir: Path, base: str | None = None, arch: str | None = None) -> BuiltImage:
+    target = arches.get(arch) if arch else None
+    layers = variant_layers(layer_dir, base, target)
+    if target is not None:
+        arches.require_emulation(target, "building")
     parent_ref: str | None = None
     built: BuiltImage | None = None
     records = None if no_cache or cache_from or cache_to else BuildRecords(workdir)
     for layer in layers:
         if layer.parent is None:
             assert layer.base_image is not None
-            base_id = ensure_base_image(layer, engine, workdir=workdir)
+            base_id = ensure_base_image(layer, engine, workdir=workdir, arch=target)
             parent_ref = engine.parent_arg(base_id, repository(layer.base_image))
         assert parent_ref is not None
         built = build_one(layer, parent_ref, engine, cache_from=cache_from, cache_to=cache_to,
-                          no_cache=no_cache, records=records)
+                          no_cache=no_cache, records=records, arch=target)
         parent_ref = engine.parent_arg(built.info.id, layer.image)
     assert built is not None
     return built
@@ -70,23 +74,64 @@ def on_base(layers: list[LayerConfig], recipe_name: str) -> list[LayerConfig]:
     return [dataclasses.replace(layer, tags=(release,)) for layer in rebased]
 
 
+def variant_layers(layer_dir: Path, base: str | None, target: arches.Arch | None) -> list[LayerConfig]:
+    """The layer chain as built for --base and --arch."""
+    layers = on_base(chain(layer_dir), base) if base else chain(layer_dir)
+    return for_arch(layers, target) if target is not None else layers
+
+
+def for_arch(layers: list[LayerConfig], target: arches.Arch) -> list[LayerConfig]:
+    """The same layers built for another architecture (--arch arm64): their tags and a bootstrapped base
+    image's tag say it (server:arm64, server:trixie-arm64, debian:bookworm-arm64), so the images of one
+    architecture never replace another's. A pulled base keeps its name: the pull asks for the architecture."""
+    suffix = arches.tag_suffix(target)
+    if not suffix:
+        return layers
+    root = layers[0]
+    if root.parent is None and root.bootstrap and root.base_image:
+        layers = [dataclasses.replace(root, base_image=with_tag_suffix(root.base_image, suffix)), *layers[1:]]
+    return [dataclasses.replace(layer, tags=tuple(arch_tag(tag, suffix) for tag in layer.tags)) for layer in layers]
+
+
+def arch_tag(tag: str, suffix: str) -> str:
+    """latest -> arm64, trixie -> trixie-arm64."""
+    return suffix.lstrip("-") if tag == "latest" else f"{tag}{suffix}"
+
+
+def with_tag_suffix(ref: str, suffix: str) -> str:
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return f"{ref}:{arch_tag('latest', suffix)}"
+    return f"{repo}:{arch_tag(tag, suffix)}"
+
+
+def variant_tag(layer_dir: Path, base: str | None, arch: str | None) -> str | None:
+    """The tag a --base/--arch build gives the top layer (trixie, arm64, trixie-arm64); None without either.
+    Artifacts carry it in their names: server-trixie-arm64.qcow2."""
+    target = arches.get(arch) if arch else None
+    if not base and not (target and arches.tag_suffix(target)):
+        return None
+    return variant_layers(layer_dir, base, target)[-1].tags[0]
+
+
 def release_of(recipe_name: str, layer_dir: Path) -> str:
     """The release a --base recipe names (its image's tag): trixie for debian-trixie."""
     return on_base(chain(layer_dir), recipe_name)[-1].tags[0]
 
 
-def ensure_base_image(layer: LayerConfig, engine: Engine, *, workdir: Path) -> str:
-    """The `from:` image of a root layer: local, else bootstrapped from its recipe, else pulled."""
+def ensure_base_image(layer: LayerConfig, engine: Engine, *, workdir: Path, arch: arches.Arch | None = None) -> str:
+    """The `from:` image of a root layer: local, else bootstrapped from its recipe, else pulled. With an
+    architecture asked for, a local image of another one does not count."""
     assert layer.base_image is not None
     found = engine.find(layer.base_image)
-    if found is not None:
+    if found is not None and (arch is None or found.architecture in (None, arch.name)):
         return found.id
     if layer.bootstrap:
         recipe = project_root(layer.directory) / "Containerfiles" / layer.bootstrap
-        bootstrap(recipe, engine, workdir=workdir, expected_ref=layer.base_image)
+        bootstrap(recipe, engine, workdir=workdir, expected_ref=layer.base_image, arch=arch)
     else:
         try:
-            engine.pull(layer.base_image)
+            engine.pull(layer.base_image, arch=arch.name if arch else None)
         except (CommandError, UserError) as exc:
             raise UserError(f"{shown(layer.directory / 'layer.yaml')}: from: {layer.base_image} does not exist "
                             f"locally and could not be pulled ({_pull_failure(exc)})",
@@ -105,7 +150,8 @@ def _pull_failure(exc: OpenOSError) -> str:
 
 
 def build_one(layer: LayerConfig, parent_ref: str, engine: Engine, *, cache_from: str | None,
-              cache_to: str | None, no_cache: bool, records: BuildRecords | None = None) -> BuiltImage:
+              cache_to: str | None, no_cache: bool, records: BuildRecords | None = None,
+              arch: arches.Arch | None = None) -> BuiltImage:
     tags = [f"{layer.image}:{tag}" for tag in layer.tags]
     args = {**layer.build_args, "PARENT": parent_ref}
     key = context_key(layer, parent_ref, engine.name, args)
@@ -115,8 +161,9 @@ def build_one(layer: LayerConfig, parent_ref: str, engine: Engine, *, cache_from
         if current is not None and current.id == remembered.id:
             log.info(f"{layer.name}: unchanged since its last build: {tags[0]} sha256:{remembered.id}")
             return BuiltImage(tags[0], current, layer)
+    platform = f"linux/{arch.name}" if arch is not None and not arches.runs_natively(arch) else None
     request = BuildRequest(containerfile=layer.containerfile, context=layer.directory, tags=tags, build_args=args,
-                           cache_from=cache_from, cache_to=cache_to, no_cache=no_cache)
+                           cache_from=cache_from, cache_to=cache_to, no_cache=no_cache, platform=platform)
     with log.step(f"Building layer {layer.name}"):
         try:
             image_id = engine.build(request)
@@ -195,29 +242,37 @@ def _recipe_value(path: Path, data: dict[str, Any], key: str, default: Any) -> A
                     hint="quote values YAML reads as something else ('yes', '12'); see Containerfiles/README.md")
 
 
-def bootstrap(recipe_dir: Path, engine: Engine, *, workdir: Path, expected_ref: str | None = None) -> str:
-    """mmdebstrap -> rootfs tar -> engine import. No registry needed; SOURCE_DATE_EPOCH is honoured."""
+def bootstrap(recipe_dir: Path, engine: Engine, *, workdir: Path, expected_ref: str | None = None,
+              arch: arches.Arch | None = None) -> str:
+    """mmdebstrap -> rootfs tar -> engine import. No registry needed; SOURCE_DATE_EPOCH is honoured. For
+    another architecture, mmdebstrap runs the packages' scripts through qemu-user."""
     recipe = load_recipe(recipe_dir)
-    if expected_ref and expected_ref != recipe.image:
-        raise UserError(f"{recipe_dir}/bootstrap.yaml makes '{recipe.image}', but the layer wants "
+    suffix = arches.tag_suffix(arch) if arch else ""
+    image = with_tag_suffix(recipe.image, suffix) if suffix else recipe.image
+    if expected_ref and expected_ref != image:
+        raise UserError(f"{recipe_dir}/bootstrap.yaml makes '{image}', but the layer wants "
                         f"'{expected_ref}'", hint="make the layer's `from:` and the recipe's `image:` agree")
+    if arch is not None:
+        arches.require_emulation(arch, "bootstrapping")
     workdir.mkdir(parents=True, exist_ok=True)
-    tarball = workdir / f"bootstrap-{recipe.name}.tar"
+    tarball = workdir / f"bootstrap-{recipe.name}{suffix}-{os.getpid()}.tar"
     argv = ["mmdebstrap", f"--variant={recipe.variant}", f"--components={','.join(recipe.components)}",
-            "--format=tar"]
+            "--format=tar"] + ([f"--architectures={arch.name}"] if arch else [])
     if recipe.include:
         argv.append(f"--include={','.join(recipe.include)}")
     for hook in recipe.setup_hooks:
         argv.append(f"--customize-hook={hook}")
     argv += [recipe.suite, str(tarball), recipe.mirror]
-    with log.step(f"Bootstrapping {recipe.image} from {recipe.mirror} ({recipe.suite})"):
+    what = f"{recipe.suite}, {arch.name}" if arch else recipe.suite
+    with log.step(f"Bootstrapping {image} from {recipe.mirror} ({what})"):
         try:
             run(argv, step="mmdebstrap", hint="check that the mirror is reachable (apt-get update works) "
-                "and that mmdebstrap is installed (apt-get install mmdebstrap)")
-            image_id = engine.import_tarball(tarball, recipe.image, list(recipe.changes))
+                "and that mmdebstrap is installed (apt-get install mmdebstrap"
+                + (", and arch-test for another architecture)" if arch else ")"))
+            image_id = engine.import_tarball(tarball, image, list(recipe.changes), arch=arch.name if arch else None)
         finally:
             tarball.unlink(missing_ok=True)
-    log.info(f"bootstrapped {recipe.image} sha256:{image_id}")
+    log.info(f"bootstrapped {image} sha256:{image_id}")
     return image_id
 
 

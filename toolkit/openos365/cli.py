@@ -24,6 +24,9 @@ TlsOpt = Annotated[bool, typer.Option("--tls-verify/--no-tls-verify", help="veri
 BaseOpt = Annotated[str | None, typer.Option("--base", help="build the layer tree on this base recipe "
                                              "(Containerfiles/RECIPE, e.g. debian-trixie); images are tagged "
                                              "with its release (server:trixie)")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", help="amd64 | arm64 (or x86_64, aarch64; default: the "
+                                             "host's); another architecture builds through qemu-user, and its "
+                                             "images and artifacts carry its name (server:arm64)")]
 AuthOpt = Annotated[str | None, typer.Option("--authfile", help="engine auth file (default: the engine's)")]
 
 
@@ -53,14 +56,16 @@ def bootstrap(
     recipe: Annotated[str, typer.Argument(help="a recipe under Containerfiles/ (e.g. debian-bookworm) or its path")]
     = "debian-bookworm",
     engine: EngineOpt = None,
+    arch: ArchOpt = None,
 ) -> None:
     """Make a base image from a distribution archive (mmdebstrap -> OCI image); no registry needed."""
+    from . import arch as arches
     from . import build, tools
     from .engine import detect
 
     tools.require(["mmdebstrap"], purpose="bootstrap")
     path = Path(recipe) if Path(recipe).is_dir() else Path("Containerfiles") / recipe
-    image_id = build.bootstrap(path, detect(engine), workdir=workdir())
+    image_id = build.bootstrap(path, detect(engine), workdir=workdir(), arch=arches.get(arch) if arch else None)
     log.done(f"bootstrapped sha256:{image_id}")
 
 
@@ -72,13 +77,14 @@ def build_cmd(
                                                           "(--cache-from and --cache-to)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild every step")] = False,
     base: BaseOpt = None,
+    arch: ArchOpt = None,
 ) -> None:
     """Build a layer and its parents (parents first; unchanged layers are cache hits)."""
     from .build import build_layer_chain
     from .engine import detect
 
     built = build_layer_chain(layer, detect(engine), cache_from=cache_registry, cache_to=cache_registry,
-                              no_cache=no_cache, workdir=workdir(), base=base)
+                              no_cache=no_cache, workdir=workdir(), base=base, arch=arch)
     log.done(f"built {built.ref} sha256:{built.info.id}")
 
 
@@ -178,6 +184,7 @@ def export(
     engine: EngineOpt = None,
     tls_verify: TlsOpt = True,
     base: BaseOpt = None,
+    arch: ArchOpt = None,
 ) -> None:
     """Export an image to an artifact: `openos365 export --to qcow2 layers/server`; several formats from one
     flatten: `--to qcow2,iso,wsl` or `-c release.yaml`."""
@@ -195,13 +202,13 @@ def export(
         "unattended": unattended or None,
     }
     run_exports(source, to, config, output, overrides, dry_run=dry_run, engine_name=engine, workdir=workdir(),
-                tls_verify=tls_verify, no_cache=no_cache, base=base)
+                tls_verify=tls_verify, no_cache=no_cache, base=base, arch=arch)
 
 
 @app.command()
 def test(
     artifact: Annotated[Path, typer.Argument(help="a disk image, an ISO, or a KIS directory/.append file")],
-    firmware: Annotated[str, typer.Option(help="bios | uefi")] = "bios",
+    firmware: Annotated[str, typer.Option(help="bios | uefi (arm64: always uefi)")] = "bios",
     as_: Annotated[str | None, typer.Option("--as", help="ISO medium: cdrom | usb | disk")] = None,
     grow: Annotated[str | None, typer.Option(help="boot a copy enlarged by this much (e.g. 2G) and check "
                                                 "that root grew")] = None,
@@ -225,6 +232,8 @@ def test(
     screenshot: Annotated[Path | None, typer.Option(help="save what the screen shows once the system is up "
                                                     "(PNG; the VM gets a display, and stays up until it is taken)")]
     = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="the artifact's architecture (default: what "
+                                             "manifest.json beside it says, else amd64)")] = None,
 ) -> None:
     """Boot an artifact under qemu (KVM when it works, else TCG) and check it reports a good boot."""
     from . import screen
@@ -239,7 +248,8 @@ def test(
                                    install_onto=parse_size(install_onto, where="--install-onto") if install_onto
                                    else None, install_disks=install_disks,
                                    cloud_init=cloud_init, cloud_meta_data=cloud_meta_data,
-                                   screenshot=screen.destination(screenshot) if screenshot else None))
+                                   screenshot=screen.destination(screenshot) if screenshot else None,
+                                   arch=arch))
     for key, value in report.fields.items():   # what the booted system said, for --verbose and --json
         log.note(f"report: {key}={value}")
     log.done(report.summary())
@@ -258,13 +268,17 @@ def doctor() -> None:
 
 @app.command()
 def pull(ref: Annotated[str, typer.Argument(help="image reference, e.g. 127.0.0.1:5000/openos365/base:latest")],
-         engine: EngineOpt = None, tls_verify: TlsOpt = True, authfile: AuthOpt = None) -> None:
-    """Pull an image into the engine's store."""
+         engine: EngineOpt = None, tls_verify: TlsOpt = True, authfile: AuthOpt = None,
+         arch: ArchOpt = None) -> None:
+    """Pull an image into the engine's store (from a multi-architecture index: the host's, or --arch)."""
+    from . import arch as arches
     from .engine import detect
 
     eng = detect(engine)
-    eng.pull(ref.removeprefix("docker://"), tls_verify=tls_verify, authfile=authfile)
-    log.done(f"pulled {ref} sha256:{eng.inspect(ref.removeprefix('docker://')).id}")
+    eng.pull(ref.removeprefix("docker://"), tls_verify=tls_verify, authfile=authfile,
+             arch=arches.get(arch).name if arch else None)
+    info = eng.inspect(ref.removeprefix("docker://"))
+    log.done(f"pulled {ref} sha256:{info.id}" + (f" ({info.architecture})" if info.architecture else ""))
 
 
 @app.command()

@@ -6,6 +6,7 @@ import os
 
 from rich.table import Table
 
+from . import arch as arches
 from . import boot, log, tools, userns
 from .errors import OpenOSError
 from .runner import which
@@ -44,7 +45,7 @@ def run_doctor() -> bool:
         log.warn(f"e2fsprogs {'.'.join(map(str, version))} < 1.47.1: ext4 disks are not byte-reproducible "
                  "(Debian 12: apt-get install -t bookworm-backports e2fsprogs)")
     for platform, packages in boot.GRUB_MODULE_PACKAGES.items():
-        if boot.host_grub_dir(platform) is None:
+        if platform != "arm64-efi" and boot.host_grub_dir(platform) is None:   # arm64 images bring their own
             log.warn(f"no GRUB {platform} modules on this host: disks and ISOs of images without their own need "
                      f"them ({packages})")
     if not any(os.path.exists(p) for p in tools.OVMF_CODE_CANDIDATES):
@@ -53,7 +54,20 @@ def run_doctor() -> bool:
     log.info(f"KVM: {'usable' if os.access('/dev/kvm', os.R_OK | os.W_OK) else 'not available'} "
              "(boot tests fall back to TCG)")
     log.info(rootless_line())
+    log.info(arm64_line())
     return ok
+
+
+def arm64_line() -> str:
+    """Whether --arch arm64 can build (qemu-user through binfmt_misc) and boot (qemu-system-aarch64) here."""
+    target = arches.ARCHES["arm64"]
+    if arches.runs_natively(target):
+        return "arm64: this host's own architecture"
+    problem = arches.emulation_problem(target)
+    build = "builds through qemu-user" if problem is None else f"cannot build ({problem}: {arches.EMULATION_HINT})"
+    boots = "boots under qemu-system-aarch64 (TCG)" if which("qemu-system-aarch64") else \
+        "cannot boot (apt-get install qemu-system-arm qemu-efi-aarch64)"
+    return f"--arch arm64: {build}; {boots}"
 
 
 def engine_lines() -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 import cyclonedx
 
 from . import __version__, customize, dpkg, log, tools, userns
+from . import arch as arches
 from .artifacts import describe, forget_manifest_entry, remove_abandoned, sha256_of, write_checksum, write_manifest
 from .errors import UserError
 from .exporters import EXPORTERS, ExportContext, Exporter
@@ -73,11 +74,11 @@ def get_exporter(fmt: str) -> Exporter:
 
 def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, dry_run: bool,
                engine_name: str | None, workdir: Path, tls_verify: bool = True, no_cache: bool = False,
-               base: str | None = None) -> list[Path]:
+               base: str | None = None, arch: str | None = None) -> list[Path]:
     exporter = get_exporter(fmt)
     outdir = outdir.resolve()
     if dry_run:
-        return _dry_run(spec, exporter, outdir, overrides, base)
+        return _dry_run(spec, exporter, outdir, overrides, base, arch)
     _check_output_dir(outdir)
     preview = _preview_options(spec, overrides)
     exporter.validate(preview)
@@ -85,7 +86,8 @@ def run_export(spec: str, fmt: str, outdir: Path, overrides: dict[str, Any], *, 
     if preview.password_file:
         tools.require(["openssl"], purpose="--password-file (hashing the password)")
     started = time.monotonic()
-    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify, flatten=False, base=base)
+    source = resolve(spec, engine_name=engine_name, workdir=workdir, tls_verify=tls_verify, flatten=False, base=base,
+                     arch=arch)
     options = source.defaults.merged(overrides)
     customize.check_host_files(options)
     if not exporter.customizes and customize.summary(options):
@@ -178,15 +180,17 @@ def _preview_options(spec: str, overrides: dict[str, Any]):  # type: ignore[no-u
     return defaults.merged(overrides)
 
 
-def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, Any], base: str | None) -> list[Path]:
+def _dry_run(spec: str, exporter: Exporter, outdir: Path, overrides: dict[str, Any], base: str | None,
+             arch: str | None) -> list[Path]:
     options = _preview_options(spec, overrides)
-    from .build import release_of
+    from .build import variant_tag
     from .sources import name_from_ref
 
     exporter.validate(options)
     default_name = Path(spec).name if Path(spec).is_dir() else name_from_ref(spec)
-    if base and Path(spec).is_dir():
-        default_name = f"{default_name}-{release_of(base, Path(spec))}"
+    tag = variant_tag(Path(spec), base, arch) if Path(spec).is_dir() else None
+    if tag:
+        default_name = f"{default_name}-{tag}"
     placeholder = Source(spec=spec, name=options.name or default_name,
                          image_id="<image id>", ref=None, tree=Path("<flattened tree>"), epoch=0, config={},
                          layer=None, engine=None)
@@ -216,6 +220,7 @@ def _manifest(source: Source, fmt: str, options: Any, checksums: dict[Path, str]
         "source_date_epoch": source.epoch,
         "options": opts,
         "files": {p.name: {"sha256": digest, "size": p.stat().st_size} for p, digest in checksums.items()},
+        "architecture": arches.of_tree(ImageTree(source.tree)).name if source.tree else None,
         "packages": dpkg.installed_packages(ImageTree(source.tree)) if source.tree else [],
         "tools": {"openos365": __version__, "python": platform.python_version(), **versions},
         **details,

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import arch as arches
 from . import cloudseed, log, screen, tools
 from .errors import BootTestError, CommandError, MissingToolError, UserError
 from .runner import output, run, spawn
@@ -27,6 +28,10 @@ OVMF_PAIRS = (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.
 SECURE_OVMF_PAIRS = (("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
                      ("/usr/share/OVMF/OVMF_CODE.ms.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"),
                      ("/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd"))
+# arm64 (qemu-efi-aarch64): the same firmware; the .ms pair has Microsoft's keys enrolled
+AAVMF_PAIRS = (("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+               ("/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw", "/usr/share/edk2/aarch64/vars-template-pflash.raw"))
+SECURE_AAVMF_PAIRS = (("/usr/share/AAVMF/AAVMF_CODE.ms.fd", "/usr/share/AAVMF/AAVMF_VARS.ms.fd"),)
 DISK_SUFFIXES = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhdx": "vhdx", ".vhd": "vpc"}
 MEDIA = ("disk", "cdrom", "usb")
 LOGIN_GRACE = 90   # seconds to wait for a report after a login prompt (images without the unit)
@@ -35,7 +40,7 @@ LOGIN_GRACE = 90   # seconds to wait for a report after a login prompt (images w
 @dataclass(frozen=True)
 class BootRequest:
     artifact: Path
-    firmware: str = "bios"
+    firmware: str = "bios"          # arm64: uefi whatever is asked (it has no BIOS)
     medium: str | None = None       # ISO only: cdrom (default) | usb | disk
     grow: int | None = None         # bytes to add to a disk before booting it
     timeout: int = 600
@@ -48,6 +53,7 @@ class BootRequest:
     cloud_init: Path | None = None        # user-data: boot with a NoCloud seed; cloud-init must finish cleanly
     cloud_meta_data: Path | None = None   # the seed's meta-data (default: an instance-id and the artifact's name)
     screenshot: Path | None = None  # save the settled screen here (PNG) once the system has reported
+    arch: str | None = None         # the artifact's architecture (default: what its manifest.json says, else amd64)
 
 
 @dataclass
@@ -129,11 +135,14 @@ def growth_problems(fields: dict[str, str]) -> list[str]:
 _accel_cache: dict[str, str] = {}
 
 
-def accelerator(scratch: Path | None = None) -> str:
-    """kvm when /dev/kvm really runs a guest (a boot sector that exits through isa-debug-exit), else tcg."""
+def accelerator(scratch: Path | None = None, target: arches.Arch | None = None) -> str:
+    """kvm when /dev/kvm really runs a guest (a boot sector that exits through isa-debug-exit), else tcg.
+    Another architecture's guest is always emulated (tcg)."""
     forced = os.environ.get("OPENOS365_ACCEL")
     if forced:
         return forced
+    if target is not None and not arches.runs_natively(target):
+        return "tcg"
     if "value" in _accel_cache:
         return _accel_cache["value"]
     value = "tcg"
@@ -165,9 +174,11 @@ def _kvm_probe(scratch: Path) -> bool:
 
 # --- command line ------------------------------------------------------------------------------------
 
-def firmware_args(firmware: str, work: Path, secure_boot: bool = False) -> list[str]:
+def firmware_args(firmware: str, work: Path, secure_boot: bool = False, target: arches.Arch | None = None) -> list[str]:
     """qemu's firmware; Secure Boot needs SMM and a flash only SMM may write (else the OS could change the
     keys), hence the machine option and the pflash property."""
+    if target is not None and not target.bios:
+        return _aavmf_args(work, secure_boot)
     if firmware == "bios":
         if secure_boot:
             raise UserError("--secure-boot needs --firmware uefi")
@@ -183,6 +194,35 @@ def firmware_args(firmware: str, work: Path, secure_boot: bool = False) -> list[
     what = "with Microsoft's keys enrolled (OVMF_CODE_4M.ms.fd)" if secure_boot else ""
     raise UserError(f"no OVMF firmware {what} found for --firmware uefi".replace("  ", " "),
                     hint="install it: apt-get install ovmf (Fedora: dnf install edk2-ovmf)")
+
+
+def _aavmf_args(work: Path, secure_boot: bool) -> list[str]:
+    """arm64's UEFI (AAVMF) as two flash devices, code and a copy of the variables; qemu's virt machine has no
+    SMM, so Secure Boot there is enforced by the firmware's enrolled keys alone."""
+    for code, variables in SECURE_AAVMF_PAIRS if secure_boot else AAVMF_PAIRS:
+        if os.path.exists(code) and os.path.exists(variables):
+            shutil.copyfile(variables, work / "AAVMF_VARS.fd")
+            return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={work / 'AAVMF_VARS.fd'}"]
+    raise UserError("no arm64 UEFI firmware (AAVMF) found" + (" with Microsoft's keys" if secure_boot else ""),
+                    hint="install it: apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)")
+
+
+def artifact_arch(artifact: Path) -> arches.Arch:
+    """The architecture the artifact's manifest.json records (export writes it), else amd64."""
+    import json
+
+    art = artifact.resolve()
+    manifest = (art if art.is_dir() else art.parent) / "manifest.json"
+    try:
+        entries = json.loads(manifest.read_text()).get("artifacts", {})
+    except (OSError, ValueError, AttributeError):
+        return arches.ARCHES[arches.DEFAULT]
+    names = {art.name, art.with_suffix(".append").name} if art.is_file() else {p.name for p in art.iterdir()}
+    for entry in entries.values():
+        if isinstance(entry, dict) and names & set(entry.get("files") or {}) and entry.get("architecture"):
+            return arches.get(str(entry["architecture"]))
+    return arches.ARCHES[arches.DEFAULT]
 
 
 def kis_files(path: Path) -> dict[str, Path]:
@@ -206,7 +246,7 @@ def kis_files(path: Path) -> dict[str, Path]:
     return files
 
 
-def medium_args(req: BootRequest, work: Path) -> tuple[list[str], str]:
+def medium_args(req: BootRequest, work: Path, target: arches.Arch | None = None) -> tuple[list[str], str]:
     """The drives for the artifact, and a word for the mode."""
     art = req.artifact.resolve()
     if art.suffix in (".kernel", ".initrd") and art.with_suffix(".append").is_file():
@@ -223,8 +263,10 @@ def medium_args(req: BootRequest, work: Path) -> tuple[list[str], str]:
     if art.suffix == ".iso":
         medium = req.medium or "cdrom"
         if medium == "cdrom":
-            return ["-drive", f"file={art},media=cdrom,readonly=on,if=none,id=cd",
-                    "-device", "ide-cd,drive=cd,bootindex=0"], "iso-cdrom"
+            cd = "ide-cd,drive=cd" if target is None or target.bios else "scsi-cd,bus=scsi.0,drive=cd"
+            scsi = [] if target is None or target.bios else ["-device", "virtio-scsi-pci,id=scsi"]   # virt: no IDE
+            return [*scsi, "-drive", f"file={art},media=cdrom,readonly=on,if=none,id=cd",
+                    "-device", f"{cd},bootindex=0"], "iso-cdrom"
         if medium == "usb":
             return ["-device", "qemu-xhci,id=xhci", "-drive", f"file={art},format=raw,if=none,id=stick,snapshot=on",
                     "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"], "iso-usb"
@@ -247,19 +289,27 @@ def _json(argv: list[str]) -> dict:
     return json.loads(output(argv))
 
 
+def machine_args(target: arches.Arch, accel: str, secure_boot: bool) -> list[str]:
+    """The emulator and machine: a PC (q35) for amd64; qemu's virt board with a Cortex-A57 for arm64 (under
+    TCG much faster than `max`, whose pointer authentication is costly to emulate)."""
+    if target.bios:
+        return [target.qemu, "-machine", "q35,smm=on" if secure_boot else "q35", "-accel", accel]
+    return [target.qemu, "-machine", "virt", "-accel", accel, "-cpu", "host" if accel == "kvm" else "cortex-a57"]
+
+
 def qemu_argv(req: BootRequest, work: Path, accel: str) -> tuple[list[str], str]:
-    drives, mode = medium_args(req, work)
-    machine = "q35,smm=on" if req.secure_boot else "q35"
-    argv = ["qemu-system-x86_64", "-machine", machine, "-accel", accel, "-m", req.memory,
+    target = arches.get(req.arch) if req.arch else artifact_arch(req.artifact)
+    drives, mode = medium_args(req, work, target)
+    argv = [*machine_args(target, accel, req.secure_boot), "-m", req.memory,
             "-smp", str(min(2, os.cpu_count() or 1)), "-display", "none", "-no-reboot", "-nodefaults",
             "-chardev", f"file,id=console,path={work / 'console.log'}", "-serial", "chardev:console",
             "-device", "virtio-serial-pci",
             "-chardev", f"file,id=bootcheck,path={work / 'report.txt'}",
             "-device", f"virtserialport,chardev=bootcheck,name={PORT_NAME}",
             "-nic", "user,model=virtio-net-pci", "-device", "virtio-rng-pci"]
-    if accel == "kvm":
+    if accel == "kvm" and target.bios:
         argv += ["-cpu", "host"]
-    argv += firmware_args(req.firmware, work, req.secure_boot) + drives
+    argv += firmware_args(req.firmware, work, req.secure_boot, target) + drives
     if req.cloud_init:
         seed = work / "cidata.iso"
         if not seed.exists():
@@ -279,11 +329,14 @@ def boot_test(req: BootRequest) -> BootReport:
         if not req.cloud_init:
             raise UserError("--cloud-meta-data needs --cloud-init USER-DATA", hint="give the user-data file too")
         cloudseed.check_meta_data(req.cloud_meta_data)
-    tools.require(["qemu-system-x86_64", "qemu-img"] + (["xorriso"] if req.cloud_init else []),
+    target = arches.get(req.arch) if req.arch else artifact_arch(req.artifact)
+    if not target.bios:   # UEFI is all it has: --firmware bios (the default) means the machine's firmware
+        req = dataclasses.replace(req, firmware="uefi", arch=target.name)
+    tools.require([target.qemu, "qemu-img"] + (["xorriso"] if req.cloud_init else []),
                   purpose="openos365 test" + (" --cloud-init" if req.cloud_init else ""))
     work = req.workdir.resolve() / f"boot-{os.getpid()}-{int(time.time() * 1000)}"
     work.mkdir(parents=True)
-    accel = accelerator(work)
+    accel = accelerator(work, target)
     try:
         if req.install_onto:
             return _install_then_boot(req, work, accel)

@@ -170,7 +170,7 @@ def _read_archive(spec: str) -> ArchiveImage:
             index = reader.json("index.json")
             descriptor = _pick(index["manifests"], spec)
             manifest = reader.json(_blob_path(descriptor["digest"]), descriptor["digest"])
-            if "manifests" in manifest:  # an image index: the linux/amd64 image
+            if "manifests" in manifest:  # an image index: the host architecture's image
                 descriptor = _pick(manifest["manifests"], spec)
                 manifest = reader.json(_blob_path(descriptor["digest"]), descriptor["digest"])
             config_digest = check_digest(manifest["config"]["digest"], f"{spec}: config")
@@ -189,7 +189,9 @@ def _read_archive(spec: str) -> ArchiveImage:
 
 
 def _pick(manifests: list[dict[str, Any]], spec: str) -> dict[str, Any]:
-    """The manifest a reference means: by tag (`oci:DIR:TAG`), else linux/amd64, else the only one."""
+    """The manifest a reference means: by tag (`oci:DIR:TAG`), else the host's architecture, else the only one."""
+    from .arch import host
+
     tag = spec.split(":", 2)[2] if spec.count(":") >= 2 else None
     if tag:
         named = [m for m in manifests if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
@@ -198,12 +200,13 @@ def _pick(manifests: list[dict[str, Any]], spec: str) -> dict[str, Any]:
             raise UserError(f"{spec}: no image tagged '{tag}' in it")
         chosen = named[0]
     else:
-        amd64 = [m for m in manifests if (m.get("platform") or {}).get("architecture") in ("amd64", None)]
-        if len(amd64) > 1 and any("platform" in m for m in amd64):
-            amd64 = [m for m in amd64 if (m.get("platform") or {}).get("architecture") == "amd64"]
-        if len(amd64) != 1:
+        native = host().name
+        matching = [m for m in manifests if (m.get("platform") or {}).get("architecture") in (native, None)]
+        if len(matching) > 1 and any("platform" in m for m in matching):
+            matching = [m for m in matching if (m.get("platform") or {}).get("architecture") == native]
+        if len(matching) != 1:
             raise UserError(f"{spec}: holds {len(manifests)} images; name one", hint=f"use {spec}:TAG")
-        chosen = amd64[0]
+        chosen = matching[0]
     check_digest(chosen.get("digest"), f"{spec}: manifest")
     return chosen
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import arch as arches
 from . import log
-from .build import build_layer_chain, source_date_epoch
+from .build import build_layer_chain, source_date_epoch, variant_tag
 from .config import ExportOptions, LayerConfig, artifact_name_from
 from .engine import Engine, ImageInfo, detect
 from .errors import UserError
@@ -46,7 +47,8 @@ def name_from_ref(ref: str) -> str:
 
 
 def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bool = True, tls_verify: bool = True,
-                  base: str | None = None) -> tuple[str, Engine, LayerConfig | None, ImageInfo]:
+                  base: str | None = None, arch: str | None = None
+                  ) -> tuple[str, Engine, LayerConfig | None, ImageInfo]:
     """A layer dir or engine reference -> (engine ref, engine, layer, image). Builds or pulls as needed."""
     path = Path(spec)
     if path.is_dir() and not is_layer_dir(path):
@@ -57,18 +59,23 @@ def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bo
                         hint="--base picks the base recipe of a layer tree, e.g. layers/server --base debian-trixie")
     engine = detect(engine_name)
     if is_layer_dir(path):
-        built = build_layer_chain(path, engine, workdir=workdir, base=base)
+        built = build_layer_chain(path, engine, workdir=workdir, base=base, arch=arch)
         return built.ref, engine, built.layer, built.info
     ref = spec.removeprefix("containers-storage:")
     if ref.startswith("docker://"):
         ref = ref.removeprefix("docker://")
         if pull:
-            engine.pull(ref, tls_verify=tls_verify)
-    return ref, engine, None, engine.require(ref)
+            engine.pull(ref, tls_verify=tls_verify, arch=arches.get(arch).name if arch else None)
+    info = engine.require(ref)
+    if arch and info.architecture and info.architecture != arches.get(arch).name:
+        raise UserError(f"--arch {arch}: {ref} is an {info.architecture} image",
+                        hint=f"pull the {arches.get(arch).name} one (openos365 pull --arch {arch} REF, or "
+                             f"docker://REF), or leave --arch out")
+    return ref, engine, None, info
 
 
 def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bool = True,
-            flatten: bool = True, base: str | None = None) -> Source:
+            flatten: bool = True, base: str | None = None, arch: str | None = None) -> Source:
     """The source, built or pulled as needed, and (flatten=True) its flattened tree."""
     if spec.startswith(ARCHIVE_PREFIXES):
         image = read_archive(spec)
@@ -78,10 +85,11 @@ def resolve(spec: str, *, engine_name: str | None, workdir: Path, tls_verify: bo
                         None, None)
     else:
         ref, engine, layer, info = resolve_image(spec, engine_name=engine_name, workdir=workdir,
-                                                 tls_verify=tls_verify, base=base)
+                                                 tls_verify=tls_verify, base=base, arch=arch)
         epoch = source_date_epoch(info.created)
         log.note(f"source {spec}: image {info.id[:12]}, SOURCE_DATE_EPOCH={epoch}")
-        name = (f"{layer.name}-{layer.tags[0]}" if base else layer.name) if layer else name_from_ref(ref)
+        name = (f"{layer.name}-{layer.tags[0]}" if variant_tag(Path(spec), base, arch) else layer.name) if layer \
+            else name_from_ref(ref)
         source = Source(spec, name, info.id, ref, None, epoch, info.config, layer, engine)
     return with_tree(source, workdir) if flatten else source
 

@@ -36,6 +36,8 @@ TOOLS: dict[str, Tool] = {t.command: t for t in [
     Tool("xz", "xz-utils", "xz", "xz"),
     Tool("gzip", "gzip", "gzip", "gzip"),
     Tool("qemu-system-x86_64", "qemu-system-x86", "qemu-system-x86-core", "qemu-x86"),
+    Tool("qemu-system-aarch64", "qemu-system-arm qemu-efi-aarch64", "qemu-system-aarch64-core edk2-aarch64",
+         "qemu-arm qemu-uefi-aarch64"),
     Tool("docker-registry", "docker-registry", "docker-distribution", "distribution-registry"),
     Tool("openssl", "openssl", "openssl", "openssl"),
 ]}

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arch import Arch
 from ..boot import BOOT_INITRDS
 from ..runner import run
 
@@ -22,6 +23,15 @@ DISK_EFI_MODULES = ["part_gpt", "part_msdos", "fat", "ext2", "search", "search_f
 LIVE_MODULES = ["part_gpt", "part_msdos", "iso9660", "fat", "ext2", "search", "search_label", "search_fs_file",
                 "search_fs_uuid", "normal", "configfile", "linux", "echo", "serial", "terminal", "test", "gzio",
                 "all_video", "sleep", "ls", "cat"]
+
+# GRUB platforms without some PC-only modules (arm64-efi has no serial module: its EFI console is the serial
+# port that firmware set up)
+ABSENT_MODULES = {"arm64-efi": {"serial"}}
+
+
+def efi_modules(modules: list[str], arch: Arch) -> list[str]:
+    absent = ABSENT_MODULES.get(arch.efi_platform, set())
+    return [m for m in modules if m not in absent]
 
 
 @dataclass(frozen=True)

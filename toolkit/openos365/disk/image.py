@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import arch as arches
 from .. import boot, customize, log
 from ..imagetree import ImageTree
 from ..rootfs import clamp_mtimes, copy_tree
@@ -26,19 +27,22 @@ def build_raw_disk(ctx: ExportContext) -> tuple[Path, Layout, dict[str, Any]]:
     seed = f"{source.image_id}:{ctx.name}"
     ids = {name: boot.derive_uuid(seed, name) for name in ("disk", "bios", "esp", "root", "rootfs")}
     kernel = boot.find_kernel(source.tree)
-    signed = boot.secure_boot_chain(source.tree, options.secure_boot, options.firmware)
+    target = arches.of_tree(ImageTree(source.tree))
+    firmware = target.firmwares(options.firmware)
+    signed = boot.secure_boot_chain(source.tree, options.secure_boot, firmware, target)
     modules_dir = ctx.scratch_dir("grub-modules")
-    grub_dirs = {p: boot.grub_modules(source.tree, p, modules_dir) for p in platforms(options.firmware)}
+    grub_dirs = {p: boot.grub_modules(source.tree, p, modules_dir) for p in platforms(firmware, target)}
     tree_dir = ctx.scratch_dir("tree")
     tree = ImageTree(tree_dir, "the disk's tree")
     with log.step("Preparing the root tree"):
         copy_tree(source.tree, tree_dir, link_files=True)  # every change below replaces files, never edits them
-        cmdline = " ".join(filter(None, [f"root=UUID={ids['rootfs']} ro", boot.SERIAL_CONSOLE,
+        cmdline = " ".join(filter(None, [f"root=UUID={ids['rootfs']} ro", boot.serial_console(target),
                                          options.kernel_cmdline]))
-        user = prepare_disk_tree(tree, ctx, kernel, ids["rootfs"], cmdline, grub_dirs)
+        user = prepare_disk_tree(tree, ctx, kernel, ids["rootfs"], cmdline, grub_dirs, target)
     with log.step("Sizing the disk"):
         content, inodes = boot.tree_size(tree)
-        layout = plan(content_bytes=content, inodes=inodes, size=options.size, firmware=options.firmware, ids=ids)
+        layout = plan(content_bytes=content, inodes=inodes, size=options.size, firmware=firmware, ids=ids,
+                      root_type=target.root_type)
         log.info(f"{log.human_size(layout.total)} disk, root {log.human_size(layout.root.size)} "
                  f"for {log.human_size(content)} of files")
     image = ctx.scratch / "disk.raw"
@@ -48,15 +52,15 @@ def build_raw_disk(ctx: ExportContext) -> tuple[Path, Layout, dict[str, Any]]:
         write_partition_table(str(image), layout)
         mkfs_ext4(image, offset=layout.root.start, size=layout.root.size, tree=tree_dir, uuid=ids["rootfs"],
                   label="root", epoch=epoch)
-        install_bootloaders(image, layout, grub_dirs, ctx, ids["rootfs"], signed)
+        install_bootloaders(image, layout, grub_dirs, ctx, ids["rootfs"], signed, target)
     secure = {"secure_boot": f"{signed.distribution}'s signed shim and GRUB" if signed else False} \
-        if options.firmware != "bios" else {}
-    return image, layout, {"firmware": options.firmware, "root_fs_uuid": ids["rootfs"], "kernel": kernel.version,
+        if firmware != "bios" else {}
+    return image, layout, {"firmware": firmware, "root_fs_uuid": ids["rootfs"], "kernel": kernel.version,
                            "kernel_cmdline": cmdline, **secure, **user}
 
 
 def prepare_disk_tree(tree: ImageTree, ctx: ExportContext, kernel: boot.Kernel, root_uuid: str, cmdline: str,
-                      grub_dirs: dict[str, Path]) -> dict[str, Any]:
+                      grub_dirs: dict[str, Path], target: arches.Arch = arches.ARCHES["amd64"]) -> dict[str, Any]:
     options, epoch = ctx.options, ctx.source.epoch
     boot.clear_identity(tree, epoch)
     boot.set_hostname(tree, options.hostname or boot.hostname_from(ctx.name), epoch)
@@ -67,7 +71,7 @@ def prepare_disk_tree(tree: ImageTree, ctx: ExportContext, kernel: boot.Kernel, 
     if boot.has_repart(tree):
         tree.write("etc/repart.d/50-openos365-root.conf",
                    "# grow the root partition (last on the disk) to fill the disk on first boot\n"
-                   "[Partition]\nType=root-x86-64\n", mtime=epoch)
+                   f"[Partition]\nType={target.repart_type}\n", mtime=epoch)
     else:
         log.warn("the image has no systemd-repart: the root partition will not grow on first boot "
                  "(add systemd >= 245 with systemd-repart, or cloud-initramfs-growroot, to the layer)")
@@ -93,12 +97,14 @@ def grub_cfg(name: str, kernel: boot.Kernel, cmdline: str, root_uuid: str) -> st
     return grub.discovery_config(name, exported, search=search, timeout=1)
 
 
-def platforms(firmware: str) -> list[str]:
-    return [p for p, fw in (("i386-pc", "bios"), ("x86_64-efi", "uefi")) if firmware in (fw, "both")]
+def platforms(firmware: str, target: arches.Arch = arches.ARCHES["amd64"]) -> list[str]:
+    """GRUB's platforms for the firmware kinds: BIOS (PCs only) and the architecture's UEFI."""
+    return [p for p, fw in (("i386-pc", "bios"), (target.efi_platform, "uefi")) if firmware in (fw, "both")]
 
 
 def install_bootloaders(image: Path, layout: Layout, grub_dirs: dict[str, Path], ctx: ExportContext,
-                        root_uuid: str, signed: boot.SignedBoot | None) -> None:
+                        root_uuid: str, signed: boot.SignedBoot | None,
+                        target: arches.Arch = arches.ARCHES["amd64"]) -> None:
     """GRUB images made from the module copies (never from paths inside the image tree); for UEFI with
     Secure Boot, the image's own signed shim and GRUB instead."""
     work = ctx.scratch_dir("grub")
@@ -106,8 +112,8 @@ def install_bootloaders(image: Path, layout: Layout, grub_dirs: dict[str, Path],
     esp = layout.get("esp")
     if esp is not None:
         files = boot.uefi_loader_files(ctx.source.tree, signed, search=grub.search_by_uuid(root_uuid),
-                                       module_dir=grub_dirs["x86_64-efi"], early_cfg=early,
-                                       modules=grub.DISK_EFI_MODULES, work=work)
+                                       module_dir=grub_dirs[target.efi_platform], early_cfg=early,
+                                       modules=grub.DISK_EFI_MODULES, work=work, arch=target)
         mkfs_vfat(image, offset=esp.start, size=esp.size, label="ESP")
         fat_copy(image, esp.start, files, ctx.source.epoch)
     bios = layout.get("bios")

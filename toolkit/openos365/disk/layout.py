@@ -73,8 +73,10 @@ def default_root_size(content_bytes: int, inodes: int) -> int:
     return align_up(minimum_root_size(content_bytes, inodes) + max(512 * MIB, content_bytes // 4), 256 * MIB)
 
 
-def plan(*, content_bytes: int, inodes: int, size: int | None, firmware: str, ids: dict[str, str]) -> Layout:
-    """BIOS boot (bios/both) + ESP (uefi/both) + root, root last so it can grow into the free space."""
+def plan(*, content_bytes: int, inodes: int, size: int | None, firmware: str, ids: dict[str, str],
+         root_type: str = TYPE_ROOT_X86_64) -> Layout:
+    """BIOS boot (bios/both) + ESP (uefi/both) + root, root last so it can grow into the free space. The root's
+    type is the architecture's (Discoverable Partitions), which systemd-repart looks for."""
     parts: list[tuple[str, str, int]] = []
     if firmware in ("bios", "both"):
         parts.append(("bios", TYPE_BIOS_BOOT, BIOS_BOOT_SIZE))
@@ -94,7 +96,7 @@ def plan(*, content_bytes: int, inodes: int, size: int | None, firmware: str, id
     for name, type_guid, part_size in parts:
         result.append(Partition(name, type_guid, offset, part_size, ids[name]))
         offset += part_size
-    result.append(Partition("root", TYPE_ROOT_X86_64, offset, total - GPT_FOOTER - offset, ids["root"]))
+    result.append(Partition("root", root_type, offset, total - GPT_FOOTER - offset, ids["root"]))
     return Layout(total, ids["disk"], tuple(result))
 
 

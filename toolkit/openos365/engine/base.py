@@ -26,6 +26,7 @@ class ImageInfo:
     digest: str | None = None    # manifest digest, when the engine knows it
     layer_dirs: tuple[str, ...] = ()   # overlay storage: each layer unpacked, bottom first (else empty)
     parent: str | None = None    # the image of the build step before (podman --layers, docker's builder)
+    architecture: str | None = None   # OCI name (amd64, arm64), as the image's config says
 
 
 def overlay_layer_dirs(inspected: dict[str, Any]) -> tuple[str, ...]:
@@ -49,6 +50,7 @@ class BuildRequest:
     cache_from: str | None = None     # a registry repository used as a shared layer cache
     cache_to: str | None = None
     no_cache: bool = False
+    platform: str | None = None       # linux/arm64: build for another architecture (RUN through qemu-user)
 
 
 def check_ref(ref: str, *, where: str = "image reference") -> str:
@@ -189,10 +191,11 @@ class Engine(ABC):
         """Write a docker-archive or oci-archive of ref to path (tagged `name`, when given)."""
 
     @abstractmethod
-    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str: ...
+    def import_tarball(self, path: Path, ref: str, changes: list[str], arch: str | None = None) -> str: ...
 
     @abstractmethod
-    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...
+    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None, arch: str | None = None) -> None:
+        """Pull ref; from a multi-architecture index, the image of `arch` (default: the host's)."""
 
     @abstractmethod
     def push(self, ref: str, dest: str, tls_verify: bool = True, authfile: str | None = None) -> None: ...

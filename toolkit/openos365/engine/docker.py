@@ -131,6 +131,8 @@ class Docker(Engine):
             argv.append(f"--cache-from={check_ref(request.cache_from)}")   # the registry image's inline cache
         if request.no_cache:
             argv.append("--no-cache")
+        if request.platform:
+            argv.append(f"--platform={request.platform}")
         return [*argv, "--", str(request.context)]
 
     def build(self, request: BuildRequest, on_line: Callable[[str], None] | None = None) -> str:
@@ -156,7 +158,8 @@ class Docker(Engine):
         return ImageInfo(id=data["Id"].removeprefix("sha256:"), names=tuple(data.get("RepoTags") or ()),
                          created=parse_created(data["Created"]), config=data.get("Config") or {},
                          digest=digests[0].split("@")[-1] if digests else None,
-                         layer_dirs=overlay_layer_dirs(data), parent=data.get("Parent") or None)
+                         layer_dirs=overlay_layer_dirs(data), parent=data.get("Parent") or None,
+                         architecture=data.get("Architecture") or None)
 
     def tag(self, ref: str, target: str) -> None:
         run(["docker", "tag", "--", check_ref(ref), check_ref(target)], capture=True)
@@ -180,16 +183,17 @@ class Docker(Engine):
             run(["skopeo", "copy", *daemon, "--", f"docker-daemon:{ref}", dest], capture=True,
                 step="save oci-archive")
 
-    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
-        argv = ["docker", "import"]
+    def import_tarball(self, path: Path, ref: str, changes: list[str], arch: str | None = None) -> str:
+        argv = ["docker", "import"] + ([f"--platform=linux/{arch}"] if arch else [])
         for change in changes:
             argv += ["--change", change]
         return run([*argv, "--", str(path), check_ref(ref)], capture=True).stdout.strip().removeprefix("sha256:")
 
-    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None, arch: str | None = None) -> None:
+        platform = [f"--platform=linux/{arch}"] if arch else []
         with _registry_env(ref, tls_verify, authfile) as env:
             try:
-                run(["docker", "pull", "--", check_ref(ref)], step=f"pull {ref}", env=env)
+                run(["docker", "pull", *platform, "--", check_ref(ref)], step=f"pull {ref}", env=env)
             except CommandError as exc:
                 raise registry_error(exc, "pull", ref) from exc
 

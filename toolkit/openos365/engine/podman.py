@@ -87,6 +87,8 @@ class Podman(Engine):
             argv += [f"--cache-to={request.cache_to}"]
         if request.no_cache:
             argv.append("--no-cache")
+        if request.platform:
+            argv.append(f"--platform={request.platform}")
         argv += ["--", str(request.context)]
         return argv
 
@@ -120,6 +122,7 @@ class Podman(Engine):
             digest=data.get("Digest"),
             layer_dirs=overlay_layer_dirs(data),
             parent=data.get("Parent") or None,
+            architecture=data.get("Architecture") or None,
         )
 
     def tag(self, ref: str, target: str) -> None:
@@ -157,16 +160,18 @@ class Podman(Engine):
         run([self.binary, "save", "--format", fmt, "-o", str(path), "--", source], capture=True,
             step=f"save {fmt}")
 
-    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
-        argv = [self.binary, "import"]
+    def import_tarball(self, path: Path, ref: str, changes: list[str], arch: str | None = None) -> str:
+        argv = [self.binary, "import"] + ([f"--arch={arch}"] if arch else [])
         for change in changes:
             argv += ["--change", change]
         out = run([*argv, "--", str(path), check_ref(ref)], capture=True, step=f"import {ref}").stdout
         return out.strip().splitlines()[-1].removeprefix("sha256:")
 
-    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None) -> None:
+    def pull(self, ref: str, tls_verify: bool = True, authfile: str | None = None, arch: str | None = None) -> None:
+        platform = [f"--platform=linux/{arch}"] if arch else []
         try:
-            run([self.binary, "pull", *_tls_flags(tls_verify, authfile), "--", check_ref(ref)], step=f"pull {ref}",
+            run([self.binary, "pull", *platform, *_tls_flags(tls_verify, authfile), "--", check_ref(ref)],
+                step=f"pull {ref}",
                 hint=_REGISTRY_HINT)
         except CommandError as exc:
             raise registry_error(exc, "pull", ref) from exc
@@ -206,17 +211,20 @@ class Buildah(Podman):
             created=parse_created(oci.get("created", "1970-01-01T00:00:00Z")),
             config=oci.get("config") or {},
             digest=data.get("FromImageDigest"),
+            architecture=oci.get("architecture") or None,
         )
 
     def save(self, ref: str, path: Path, fmt: str, name: str | None = None) -> None:
         dest = f"{fmt}:{path}" + (f":{check_ref(name)}" if name else "")
         run([self.binary, "push", "--", check_ref(ref), dest], capture=True, step=f"save {fmt}")
 
-    def import_tarball(self, path: Path, ref: str, changes: list[str]) -> str:
+    def import_tarball(self, path: Path, ref: str, changes: list[str], arch: str | None = None) -> str:
         check_ref(ref)
         cid = run([self.binary, "from", "scratch"], capture=True).stdout.strip()
         try:
             run([self.binary, "add", "--", cid, str(path), "/"], capture=True, step=f"import {ref}")
+            if arch:
+                run([self.binary, "config", f"--arch={arch}", "--", cid], capture=True)
             for change in changes:
                 key, _, value = change.partition(" ")
                 run([self.binary, "config", f"--{key.lower()}={value}", "--", cid], capture=True)

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import arch as arches
 from .. import boot, customize, log
 from ..artifacts import atomic_path, sha256_of
 from ..disk import grub
@@ -75,19 +76,20 @@ def squashfs_only(options: Any) -> None:
 
 # --- boot menus ---------------------------------------------------------------------------------------
 
-def live_cmdline(kind: str, label: str, extra: str = "") -> str:
+def live_cmdline(kind: str, label: str, extra: str = "", arch: arches.Arch | None = None) -> str:
     live = "boot=live" if kind == "live-boot" else f"root=live:CDLABEL={label} rd.live.image " \
                                                     "rd.live.overlay.overlayfs=1"
-    return " ".join(filter(None, [live, boot.SERIAL_CONSOLE, extra]))
+    return " ".join(filter(None, [live, boot.serial_console(arch), extra]))
 
 
-def grub_cfg(kind: str, label: str, title: str, extra: str = "", install: str | None = None) -> str:
+def grub_cfg(kind: str, label: str, title: str, extra: str = "", install: str | None = None,
+             arch: arches.Arch | None = None) -> str:
     """Two entries: the default (boots on its own after GRUB_TIMEOUT s) and one that copies the root to RAM.
     An install medium's default entry runs the installer with `install` (its kernel parameters) instead."""
     directory = LIVE_LAYOUT[kind][0]
     to_ram = "toram" if kind == "live-boot" else "rd.live.ram=1"
     kernel, initrd = f"/{directory}/vmlinuz", f"/{directory}/initrd.img"
-    cmdline = live_cmdline(kind, label, extra)
+    cmdline = live_cmdline(kind, label, extra, arch)
     entries = [grub.MenuEntry(f"{title} (live)", kernel, initrd, cmdline),
                grub.MenuEntry(f"{title} (live, copied to RAM)", kernel, initrd, f"{cmdline} {to_ram}")]
     if install is not None:
@@ -107,8 +109,9 @@ def touch_all(path: Path, epoch: int) -> None:
 
 
 def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind: str, early: Path,
-                 grub_dirs: dict[str, Path], install: str | None = None) -> Path:
-    """The ISO's files: kernel and initrd where the live initrd looks, GRUB's config, modules, BIOS image."""
+                 grub_dirs: dict[str, Path], install: str | None = None, arch: arches.Arch | None = None) -> Path:
+    """The ISO's files: kernel and initrd where the live initrd looks, GRUB's config, modules, BIOS image
+    (PCs only)."""
     stage = ctx.scratch_dir("stage")
     directory = stage / LIVE_LAYOUT[kind][0]
     directory.mkdir()
@@ -117,13 +120,15 @@ def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind:
     grub_dir = stage / "boot/grub"
     grub_dir.mkdir(parents=True)
     options = ctx.options
-    (grub_dir / "grub.cfg").write_text(grub_cfg(kind, options.label, ctx.name, options.kernel_cmdline, install))
+    (grub_dir / "grub.cfg").write_text(grub_cfg(kind, options.label, ctx.name, options.kernel_cmdline, install,
+                                                arch))
     for platform, source in grub_dirs.items():  # for `insmod` in GRUB's shell; the images embed what boots
         (grub_dir / platform).mkdir()
         for module in sorted([*source.glob("*.mod"), *source.glob("*.lst")]):
             shutil.copyfile(module, grub_dir / platform / module.name)
-    grub.mkimage(fmt="i386-pc-eltorito", module_dir=grub_dirs["i386-pc"], early_cfg=early,
-                 output=grub_dir / "bios.img", modules=BIOS_MODULES)
+    if "i386-pc" in grub_dirs:
+        grub.mkimage(fmt="i386-pc-eltorito", module_dir=grub_dirs["i386-pc"], early_cfg=early,
+                     output=grub_dir / "bios.img", modules=BIOS_MODULES)
     touch_all(stage, ctx.source.epoch)
     return stage
 
@@ -147,19 +152,20 @@ def iso_date(epoch: int) -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime(epoch)) + "00"
 
 
-def xorriso_argv(*, stage: Path, output: Path, squashfs: Path, squashfs_path: str, efiboot: Path, mbr: Path,
+def xorriso_argv(*, stage: Path, output: Path, squashfs: Path, squashfs_path: str, efiboot: Path, mbr: Path | None,
                  label: str, publisher: str, application: str, epoch: int,
                  extra: dict[str, Path] | None = None) -> list[str]:
+    """mbr: GRUB's hybrid MBR for PCs (BIOS boot from CD and USB stick); None for UEFI-only architectures."""
+    # BIOS, CD: El Torito no-emulation image; BIOS, USB stick: GRUB's hybrid MBR loads the same image
+    bios = ["-eltorito-boot", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+            "--grub2-boot-info", "--grub2-mbr", str(mbr), "--mbr-force-bootable"] if mbr else []
     return [
         "xorriso", "-as", "mkisofs", "-iso-level", "3", "-full-iso9660-filenames", "-joliet", "-joliet-long",
         "-rational-rock", "-volid", label, "-publisher", publisher, "-appid", application,
         "-preparer", "openos365", "--modification-date=" + iso_date(epoch), "-output", str(output),
-        # BIOS, CD: El Torito no-emulation image; BIOS, USB stick: GRUB's hybrid MBR loads the same image
-        "-eltorito-boot", "boot/grub/bios.img", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
-        "--grub2-boot-info", "--grub2-mbr", str(mbr), "--mbr-force-bootable",
-        "-eltorito-catalog", "boot/grub/boot.cat",
+        *bios, "-eltorito-catalog", "boot/grub/boot.cat",
         # UEFI, CD: El Torito EFI image = the appended FAT; UEFI, USB stick: the same FAT as GPT partition 2
-        "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
+        *(["-eltorito-alt-boot"] if mbr else []), "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
         "-append_partition", "2", "0xef", str(efiboot), "-appended_part_as_gpt",
         "-graft-points", str(stage), f"{squashfs_path}={squashfs}",
         *(f"{iso_path}={host}" for iso_path, host in sorted((extra or {}).items())),
@@ -221,7 +227,8 @@ class IsoExporter(Exporter):
         squashfs_only(options)
         kernel = boot.find_kernel(ctx.source.tree)
         kind = live_kind(ctx.source.tree)
-        signed = boot.secure_boot_chain(ctx.source.tree, options.secure_boot, "uefi")
+        target = arches.of_tree(ImageTree(ctx.source.tree))
+        signed = boot.secure_boot_chain(ctx.source.tree, options.secure_boot, "uefi", target)
         payload, install_args, installed = disk_payload(ctx) if self.install else ({}, None, {})
         with log.step("Preparing the live root tree"):
             tree, user = boot.prepare_live_tree(ctx.source.tree, ctx.scratch_dir("tree"), name=ctx.name,
@@ -232,29 +239,31 @@ class IsoExporter(Exporter):
         os.utime(squashfs, (epoch, epoch))
         with log.step("Writing the boot loaders"):
             work = ctx.scratch_dir("grub")
-            grub_dirs = {p: boot.grub_modules(tree, p, work) for p in ("i386-pc", "x86_64-efi")}
+            platforms = ["i386-pc"] if target.bios else []
+            grub_dirs = {p: boot.grub_modules(tree, p, work) for p in [*platforms, target.efi_platform]}
             early = grub.early_config(grub.search_by_label(options.label), work / "early.cfg")
-            stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs, install_args)
+            stage = stage_medium(ctx, tree, kernel, kind, early, grub_dirs, install_args, target)
             files = boot.uefi_loader_files(tree, signed, search=grub.search_by_label(options.label),
-                                           module_dir=grub_dirs["x86_64-efi"], early_cfg=early,
-                                           modules=EFI_MODULES, work=work)
+                                           module_dir=grub_dirs[target.efi_platform], early_cfg=early,
+                                           modules=EFI_MODULES, work=work, arch=target)
             efiboot = make_efiboot(files, work / "efiboot.img", epoch)
         directory, image_name = LIVE_LAYOUT[kind]
         final = ctx.outdir / f"{ctx.name}{self._suffix}"
         with log.step("Writing the ISO (xorriso)"), atomic_path(final) as temp:
             argv = xorriso_argv(stage=stage, output=temp, squashfs=squashfs, squashfs_path=f"/{directory}/"
                                 f"{image_name}", efiboot=efiboot,
-                                mbr=grub_dirs["i386-pc"] / "boot_hybrid.img",
+                                mbr=grub_dirs["i386-pc"] / "boot_hybrid.img" if target.bios else None,
                                 label=options.label, publisher=options.publisher,
                                 application=f"{ctx.name} (openos365)", epoch=epoch, extra=payload)
             run(argv, step="xorriso", capture=True, env={"SOURCE_DATE_EPOCH": str(epoch)})
         return [final], {"iso": {
             "label": options.label, "live": kind, "kernel": kernel.version,
-            "kernel_cmdline": live_cmdline(kind, options.label, options.kernel_cmdline),
+            "kernel_cmdline": live_cmdline(kind, options.label, options.kernel_cmdline, target),
             "root_image": f"/{directory}/{image_name}", "compression": options.compression or "zstd",
             "squashfs_size": squashfs.stat().st_size,
             "secure_boot": f"{signed.distribution}'s signed shim and GRUB" if signed else False,
-            "boots": ["bios-cdrom", "uefi-cdrom", "bios-usb (hybrid MBR)", "uefi-usb (GPT partition 2)"],
+            "boots": (["bios-cdrom", "uefi-cdrom", "bios-usb (hybrid MBR)", "uefi-usb (GPT partition 2)"]
+                      if target.bios else ["uefi-cdrom", "uefi-usb (GPT partition 2)"]),
             **installed, **user}}
 
 

@@ -18,7 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import arch as arches
 from .. import boot, customize, log, tools
+from ..arch import Arch
 from ..artifacts import atomic_path
 from ..disk.filesystems import make_squashfs, mkfs_ext4
 from ..errors import UserError
@@ -47,7 +49,8 @@ def check_options(options: Any) -> None:
                  "uncompressed); use --rootfs squashfs for a compressed root")
 
 
-def kernel_cmdline(rootfs: str, live: str | None, fs_uuid: str, extra: str = "", device: str = ROOT_DEVICE) -> str:
+def kernel_cmdline(rootfs: str, live: str | None, fs_uuid: str, extra: str = "", device: str = ROOT_DEVICE,
+                   arch: Arch | None = None) -> str:
     """The command line that boots the root image attached as `device`."""
     if rootfs == "ext4":
         base = f"root=UUID={fs_uuid} rootfstype=ext4 rw"
@@ -58,11 +61,11 @@ def kernel_cmdline(rootfs: str, live: str | None, fs_uuid: str, extra: str = "",
         base = f"root=live:{device} rd.live.image rd.live.overlay.overlayfs=1"
     else:
         base = f"root={device if rootfs == 'squashfs' else 'UUID=' + fs_uuid} rootfstype={rootfs} ro"
-    return " ".join(filter(None, [base, boot.SERIAL_CONSOLE, extra]))
+    return " ".join(filter(None, [base, boot.serial_console(arch), extra]))
 
 
 def netboot_cmdline(name: str, rootfs: str, live: str | None, local: str, base_url: str,
-                    extra: str = "") -> tuple[str, bool]:
+                    extra: str = "", arch: Arch | None = None) -> tuple[str, bool]:
     """The command line for a network boot, and whether the initrd fetches the root image over HTTP.
 
     squashfs with live-boot (fetch=) or dmsquash-live (root=live:URL, needs dracut's livenet module) loads
@@ -74,7 +77,7 @@ def netboot_cmdline(name: str, rootfs: str, live: str | None, local: str, base_u
         base = f"root=live:{image} rd.live.image rd.live.overlay.overlayfs=1 rd.neednet=1 ip=dhcp"
     else:
         return local, False
-    return " ".join(filter(None, [base, boot.SERIAL_CONSOLE, extra])), True
+    return " ".join(filter(None, [base, boot.serial_console(arch), extra])), True
 
 
 def ipxe_script(name: str, cmdline: str, fetched: bool, rootfs: str) -> str:
@@ -235,10 +238,12 @@ class KisExporter(Exporter):
         root = ctx.outdir / f"{ctx.name}.{options.rootfs}"
         with atomic_path(root) as temp:
             make_root_image(ctx, tree, temp, fs_uuid)
-        cmdline = kernel_cmdline(options.rootfs, live, fs_uuid, options.kernel_cmdline)
+        target = arches.of_tree(ImageTree(source.tree))
+        cmdline = kernel_cmdline(options.rootfs, live, fs_uuid, options.kernel_cmdline, arch=target)
         ipxe_line, fetched = netboot_cmdline(ctx.name, options.rootfs, live, cmdline, "${base-url}",
-                                             options.kernel_cmdline)
-        grub_line, _ = netboot_cmdline(ctx.name, options.rootfs, live, cmdline, "${kis_url}", options.kernel_cmdline)
+                                             options.kernel_cmdline, target)
+        grub_line, _ = netboot_cmdline(ctx.name, options.rootfs, live, cmdline, "${kis_url}", options.kernel_cmdline,
+                                       target)
         paths = [
             root,
             _write(ctx.outdir / f"{ctx.name}.kernel", epoch, copy_from=(tree, kernel.kernel)),
