@@ -3,8 +3,9 @@
     python bench/peers.py [--rows cold,change,again] [--peer-work DIR]
 
 Rows:
-  cold     empty image store, empty caches -> bootable qcow2. Ours: `export --to qcow2` of layers/server in a
-           separate, empty podman store (bootstrap from Debian's archive included) and an empty workdir.
+  cold     empty image store, empty caches -> bootable qcow2. Ours: `export --to qcow2 --base debian-bookworm`
+           of layers/server (Debian 12, the peers' release) in a separate, empty podman store (bootstrap from
+           Debian's archive included) and an empty workdir.
            mkosi: ../shared/peers/mkosi/build.sh, its build alone (no package cache: the recipe sets no Cache=).
   change   a one-line change in the top layer -> new qcow2. Ours: bench/change.py's loop. mkosi:
            `mkosi --force --incremental build` after changing mkosi.extra/etc/motd (its cache built first).
@@ -41,8 +42,9 @@ def ours_cold(compression: str) -> float:
     env = {"CONTAINERS_STORAGE_CONF": str(conf)}
     try:
         start = time.monotonic()
-        openos365("export", "--to", "qcow2", "layers/server", "-o", str(work / "out"), "--compression", compression,
-                  workdir=work / "wd", env=env)
+        # the peers' recipes build Debian 12, so ours does too (the default base is Debian 13)
+        openos365("export", "--to", "qcow2", "layers/server", "--base", "debian-bookworm", "-o", str(work / "out"),
+                  "--compression", compression, workdir=work / "wd", env=env)
         return time.monotonic() - start
     finally:
         subprocess.run(["podman", "rmi", "--all", "--force"], env={**os.environ, **env}, capture_output=True)

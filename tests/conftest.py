@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs root and podman"))
         if "boot" in item.keywords and not has_qemu:
             item.add_marker(pytest.mark.skip(reason="needs qemu-system-x86_64"))
+    # The arm64 tests go last: their emulated build runs in the background meanwhile (arm64_server below).
+    items.sort(key=lambda item: "arm64" in item.keywords)
+
+
+ARM64_BUILD = ["build", "layers/server", "--arch", "arm64"]
+arm64_build_key = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start `openos365 build layers/server --arch arm64` as soon as an arm64 test is collected to run. Built
+    through qemu-user it takes about 15 minutes, mostly one core busy with emulated dpkg, so it overlaps the
+    amd64 tests on the other core instead of adding its whole time to the run; arm64_server waits for it."""
+    if session.config.option.collectonly or not any(
+            "arm64" in item.keywords and not item.get_closest_marker("skip") for item in session.items):
+        return
+    log = Path(tempfile.mkstemp(prefix="openos365-arm64-build-", suffix=".log")[1])
+    with log.open("wb") as out:
+        process = subprocess.Popen([*CLI, *ARM64_BUILD], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    session.config.stash[arm64_build_key] = (process, log)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    started = session.config.stash.get(arm64_build_key, None)
+    if started is not None:
+        process, log = started
+        if process.poll() is None:   # the run ended (or was interrupted) before an arm64 test waited for it
+            process.terminate()
+            process.wait(timeout=60)
+        log.unlink(missing_ok=True)
 
 
 MUST_RUN_IN_CI = ("integration", "boot", "registry")
@@ -65,6 +96,21 @@ def server_image() -> str:
     """layers/server built once per session (cache hits when nothing changed)."""
     cli("build", "layers/server")
     return "localhost/openos365/server:latest"
+
+
+@pytest.fixture(scope="session")
+def arm64_server(request: pytest.FixtureRequest) -> str:
+    """layers/server built for arm64: the background build started at collection, waited for here."""
+    started = request.config.stash.get(arm64_build_key, None)
+    if started is None:   # not started at collection: build it now
+        cli(*ARM64_BUILD, timeout=7200)
+    else:
+        process, log = started
+        returncode = process.wait(timeout=7200)
+        if returncode != 0:
+            raise AssertionError(f"openos365 {' '.join(ARM64_BUILD)} exited {returncode}\n"
+                                 f"{log.read_text(errors='replace')[-5000:]}")
+    return "localhost/openos365/server:arm64"
 
 
 @pytest.fixture(scope="session")

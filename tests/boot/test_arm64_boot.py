@@ -2,8 +2,9 @@
 then the disk (UEFI only, BOOTAA64.EFI through Debian's signed shim, arm64 root partition type), the live ISO
 and KIS booted under qemu-system-aarch64 (virt, AAVMF, TCG).
 
-Marked `arm64` and left out of the default run: building the layers under emulation takes about 15 minutes
-on two cores. Run them with `./scripts/test.sh -m arm64`."""
+Marked `arm64` (`-m "not arm64"` leaves them out). Building the layers under emulation takes about 15 minutes,
+mostly on one core: conftest starts that build when the run begins, so it overlaps the amd64 tests, and runs
+these tests last."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ GIB = 1 << 30
 
 
 @pytest.fixture(scope="module")
-def arm64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def arm64(arm64_server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("arm64")
     cli("export", "--to", "qcow2,iso,kis", "layers/server", "--arch", "arm64", "-o", str(out))
     return out

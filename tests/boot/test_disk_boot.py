@@ -75,6 +75,7 @@ def test_boots_under_bios(qcow2):
     report = boot(qcow2, firmware="bios")
     fields = report.fields
     assert fields["state"] == "running" and fields["failed"] == ""
+    assert fields["os"] == "debian-13"   # the default release (--base debian-bookworm: test_bookworm_boot.py)
     assert fields["hostname"] == "testhost"
     assert fields["root_fstype"] == "ext4" and fields["root_source"] == "/dev/vda3"
     assert "root=UUID=" in fields["cmdline"] and "console=ttyS0" in fields["cmdline"]

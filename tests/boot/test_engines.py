@@ -231,7 +231,7 @@ def test_a_root_layer_builds_and_a_failing_run_step_is_named_with_either_builder
     (cli_dir / "docker").symlink_to(DEBIAN_DOCKER_CLI if buildkit == "1" else shutil.which("docker"))
     layer = tmp_path / "layers" / "broken"
     layer.mkdir(parents=True)
-    (layer / "layer.yaml").write_text("from: localhost/openos365/debian:bookworm\n"
+    (layer / "layer.yaml").write_text("from: localhost/openos365/debian:trixie\n"
                                       f"image: localhost/openos365-engines/broken{buildkit}\n")
     (layer / "Containerfile").write_text("ARG PARENT\nFROM ${PARENT}\nRUN test -x /bin/sh\n"
                                          "RUN echo about to fail && exit 3\n")

@@ -40,7 +40,7 @@ def test_base_exports_carry_a_valid_sbom_that_lists_bash_as_debian_states_it(bas
         assert sorted(c["name"] for c in document["components"]) == sorted(installed)
         bash = next(c for c in document["components"] if c["name"] == "bash")
         assert bash["version"] == installed["bash"]
-        assert bash["purl"] == f"pkg:deb/debian/bash@{quote(installed['bash'], safe=':')}?arch=amd64&distro=debian-12"
+        assert bash["purl"] == f"pkg:deb/debian/bash@{quote(installed['bash'], safe=':')}?arch=amd64&distro=debian-13"
         assert bash["licenses"] == [{"license": {"id": "GPL-3.0-or-later"}}]   # Debian's copyright: GPL-3+
         stated = {p["name"]: p["value"] for p in bash["properties"]}
         assert stated["openos365:deb:source"] == "bash" and stated["openos365:deb:license"] == "GPL-3+"

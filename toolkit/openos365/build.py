@@ -55,8 +55,8 @@ def build_layer_chain(layer_dir: Path, engine: Engine, *, cache_from: str | None
 
 
 def on_base(layers: list[LayerConfig], recipe_name: str) -> list[LayerConfig]:
-    """The same layer tree built on another base recipe (--base debian-trixie): the root layer starts from
-    the recipe's image, and every layer is tagged with the recipe image's tag (server:trixie), so the
+    """The same layer tree built on another base recipe (--base debian-bookworm): the root layer starts from
+    the recipe's image, and every layer is tagged with the recipe image's tag (server:bookworm), so the
     images of one release never replace another's."""
     root = layers[0]
     recipe_dir = project_root(root.directory) / "Containerfiles" / recipe_name
@@ -82,7 +82,7 @@ def variant_layers(layer_dir: Path, base: str | None, target: arches.Arch | None
 
 def for_arch(layers: list[LayerConfig], target: arches.Arch) -> list[LayerConfig]:
     """The same layers built for another architecture (--arch arm64): their tags and a bootstrapped base
-    image's tag say it (server:arm64, server:trixie-arm64, debian:bookworm-arm64), so the images of one
+    image's tag say it (server:arm64, server:bookworm-arm64, debian:trixie-arm64), so the images of one
     architecture never replace another's. A pulled base keeps its name: the pull asks for the architecture."""
     suffix = arches.tag_suffix(target)
     if not suffix:
@@ -94,7 +94,7 @@ def for_arch(layers: list[LayerConfig], target: arches.Arch) -> list[LayerConfig
 
 
 def arch_tag(tag: str, suffix: str) -> str:
-    """latest -> arm64, trixie -> trixie-arm64."""
+    """latest -> arm64, bookworm -> bookworm-arm64."""
     return suffix.lstrip("-") if tag == "latest" else f"{tag}{suffix}"
 
 
@@ -106,8 +106,8 @@ def with_tag_suffix(ref: str, suffix: str) -> str:
 
 
 def variant_tag(layer_dir: Path, base: str | None, arch: str | None) -> str | None:
-    """The tag a --base/--arch build gives the top layer (trixie, arm64, trixie-arm64); None without either.
-    Artifacts carry it in their names: server-trixie-arm64.qcow2."""
+    """The tag a --base/--arch build gives the top layer (bookworm, arm64, bookworm-arm64); None without
+    either. Artifacts carry it in their names: server-bookworm-arm64.qcow2."""
     target = arches.get(arch) if arch else None
     if not base and not (target and arches.tag_suffix(target)):
         return None
@@ -115,7 +115,7 @@ def variant_tag(layer_dir: Path, base: str | None, arch: str | None) -> str | No
 
 
 def release_of(recipe_name: str, layer_dir: Path) -> str:
-    """The release a --base recipe names (its image's tag): trixie for debian-trixie."""
+    """The release a --base recipe names (its image's tag): bookworm for debian-bookworm."""
     return on_base(chain(layer_dir), recipe_name)[-1].tags[0]
 
 

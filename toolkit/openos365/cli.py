@@ -22,8 +22,8 @@ _state: dict[str, object] = {}
 EngineOpt = Annotated[str | None, typer.Option("--engine", help="podman | buildah | docker (default: detect)")]
 TlsOpt = Annotated[bool, typer.Option("--tls-verify/--no-tls-verify", help="verify the registry's TLS")]
 BaseOpt = Annotated[str | None, typer.Option("--base", help="build the layer tree on this base recipe "
-                                             "(Containerfiles/RECIPE, e.g. debian-trixie); images are tagged "
-                                             "with its release (server:trixie)")]
+                                             "(Containerfiles/RECIPE, e.g. debian-bookworm); images are tagged "
+                                             "with its release (server:bookworm)")]
 ArchOpt = Annotated[str | None, typer.Option("--arch", help="amd64 | arm64 (or x86_64, aarch64; default: the "
                                              "host's); another architecture builds through qemu-user, and its "
                                              "images and artifacts carry its name (server:arm64)")]
@@ -53,8 +53,8 @@ def version() -> None:
 
 @app.command()
 def bootstrap(
-    recipe: Annotated[str, typer.Argument(help="a recipe under Containerfiles/ (e.g. debian-bookworm) or its path")]
-    = "debian-bookworm",
+    recipe: Annotated[str, typer.Argument(help="a recipe under Containerfiles/ (e.g. debian-trixie) or its path")]
+    = "debian-trixie",
     engine: EngineOpt = None,
     arch: ArchOpt = None,
 ) -> None:

@@ -389,7 +389,7 @@ def load_layer(directory: Path) -> LayerConfig:
         parent=parent,
         base_image=base_image,
         bootstrap=_matching(path, data, "bootstrap", _RECIPE_RE,
-                            hint="name a recipe directory under Containerfiles/, e.g. 'bootstrap: debian-bookworm'"),
+                            hint="name a recipe directory under Containerfiles/, e.g. 'bootstrap: debian-trixie'"),
         image=image,
         tags=_tags(path, data),
         build_args=_build_args(path, data),

@@ -56,7 +56,7 @@ def resolve_image(spec: str, *, engine_name: str | None, workdir: Path, pull: bo
                         hint="give a layer directory like layers/server, or an image reference")
     if base and not is_layer_dir(path):
         raise UserError(f"--base {base}: {spec} is not a layer directory",
-                        hint="--base picks the base recipe of a layer tree, e.g. layers/server --base debian-trixie")
+                        hint="--base picks the base recipe of a layer tree, e.g. layers/server --base debian-bookworm")
     engine = detect(engine_name)
     if is_layer_dir(path):
         built = build_layer_chain(path, engine, workdir=workdir, base=base, arch=arch)
