@@ -9,6 +9,7 @@ so `-m "not desktop"` leaves them out; CI runs them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,14 @@ def assert_login_screen(path: Path) -> None:
     assert len(colours) >= MANY_COLOURS, f"{path}: only {len(colours)} colours: a blank or text screen"
     commonest = max(count for count, _ in colours)
     assert commonest < 0.9 * width * height, f"{path}: one colour covers {commonest / (width * height):.0%}"
+
+
+def test_the_polkit_agent_is_the_chosen_one(desktop):
+    """One GTK agent that xfce autostarts, not whichever provider of polkit-1-auth-agent apt picks (on
+    Debian 13 ukui-polkit, with Qt 5, OpenCV and GDAL)."""
+    packages = json.loads((desktop / "manifest.json").read_text())["artifacts"]["desktop.qcow2"]["packages"]
+    names = {p.partition("=")[0] for p in packages}
+    assert "mate-polkit" in names and not names & {"ukui-polkit", "libopencv-core410", "libgdal36"}
 
 
 def test_live_iso_boots_to_the_login_screen_under_uefi(desktop, tmp_path):

@@ -77,3 +77,22 @@ def test_a_started_boot_check_is_waited_for_past_the_login_prompt():
     assert not qemu.has_unit(prompt, "")
     assert qemu.has_unit("[  OK  ] Started openos365-boot-check.service - openos365 boot check.\n" + prompt, "")
     assert qemu.has_unit(prompt, "OPENOS365-BOOT-CHECK\nstate=running\n")
+
+
+GRUB_SHELL = ("BdsDxe: starting Boot0001 \"UEFI QEMU DVD-ROM QM00011 \" from PciRoot(0x0)/Pci(0x1F,0x2)\r\n"
+              "\x1b[02;25HGNU GRUB  version 2.12-9+deb13u4\r\n\r\n   Minimal BASH-like line editing is supported.\r\n"
+              "\r\n\r\ngrub> \x1b[10;07H")
+
+
+@pytest.mark.parametrize("console, stuck", [
+    (GRUB_SHELL, "GRUB stopped at its shell"),
+    ("error: file `/boot/grub/i386-pc/normal.mod' not found.\r\nEntering rescue mode...\r\ngrub rescue> ",
+     "GRUB stopped at its shell"),
+    ("BdsDxe: failed to load Boot0001\r\nPress ESC in 1 seconds to skip startup.nsh\r\nShell> ", "UEFI shell"),
+    ("Welcome to GRUB!\r\n\x1b[0m  Booting `server'\r\nLoading Linux 6.12.57+deb13-amd64 ...\r\n", None),
+    ("[  OK  ] Reached target grub> lookalike.\r\nDebian GNU/Linux 13 server ttyS0\r\nserver login: ", None),
+    ("", None),
+])
+def test_a_boot_stuck_at_a_boot_loader_or_firmware_prompt_is_named(console, stuck):
+    found = qemu.stuck_at_prompt(console)
+    assert (found is None) if stuck is None else (stuck in found)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -381,6 +382,9 @@ def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str)
             if fields is not None:
                 report.fields = fields
                 break
+            stuck = stuck_at_prompt(console)
+            if stuck:
+                raise _failure(stuck, work, proc, hint=STUCK_HINT)
             if login_seen_at is None and "login:" in console:
                 login_seen_at = elapsed
             if login_seen_at is not None and elapsed - login_seen_at > LOGIN_GRACE and not has_unit(console, reported):
@@ -407,6 +411,23 @@ def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str)
         raise BootTestError(f"{req.artifact.name} booted but is not healthy: " + "; ".join(problems),
                             hint="boot it by hand with `openos365 test --verbose`, or look at the units named")
     return report
+
+
+# A boot loader or firmware waiting at its own shell: nothing happens there without a keyboard, so waiting out
+# the timeout would only hide where the boot stopped.
+PROMPTS = {re.compile(r"grub(?: rescue)?> *$"): "GRUB stopped at its shell: it found no grub.cfg where it looked",
+           re.compile(r"Shell> *$"): "the firmware found nothing to boot and opened the UEFI shell"}
+STUCK_HINT = ("run `set` at the same prompt (openos365 test --verbose shows the console) to see GRUB's prefix and "
+              "root; the medium's grub.cfg must be where that prefix points")
+ESCAPES = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
+
+
+def stuck_at_prompt(console: str) -> str | None:
+    """What the console's last line says, when it is a boot loader's or firmware's interactive prompt."""
+    lines = [line.strip() for line in ESCAPES.sub("", console[-2000:]).splitlines() if line.strip()]
+    if not lines:
+        return None
+    return next((what for prompt, what in PROMPTS.items() if prompt.search(lines[-1])), None)
 
 
 def has_unit(console: str, reported: str) -> bool:
@@ -455,6 +476,9 @@ def _watch_install(argv: list[str], work: Path, req: BootRequest) -> dict[str, s
             fields = parse_report(_read(work / "report.txt"), "OPENOS365-INSTALL")
             if fields is not None and fields.get("result") != "installed":
                 raise _failure(f"the installer stopped: {fields.get('reason', 'no reason given')}", work, proc)
+            stuck = stuck_at_prompt(_read(work / "console.log"))
+            if stuck:
+                raise _failure(stuck, work, proc, hint=STUCK_HINT)
             if proc.poll() is not None:
                 if fields is not None:
                     return fields
@@ -486,7 +510,7 @@ def _read(path: Path) -> str:
 REFUSED = ("Access Denied", "Security Violation")
 
 
-def _failure(message: str, work: Path, proc: subprocess.Popen[bytes]) -> BootTestError:
+def _failure(message: str, work: Path, proc: subprocess.Popen[bytes], hint: str | None = None) -> BootTestError:
     if proc.poll() is None:
         proc.kill()
     out = proc.communicate()[0].decode(errors="replace").strip() if proc.stdout else ""
@@ -501,6 +525,6 @@ def _failure(message: str, work: Path, proc: subprocess.Popen[bytes]) -> BootTes
                              "shim and GRUB (--secure-boot auto or on; Debian: add shim-signed "
                              "grub-efi-amd64-signed to the layer), or test without --secure-boot")
     return BootTestError(f"{message}\nlast lines of the serial console:\n{lines}{extra}",
-                         hint="the image needs console=ttyS0 on its kernel command line to show its boot here; "
-                         "a missing kernel or boot loader shows as an empty console")
+                         hint=hint or "the image needs console=ttyS0 on its kernel command line to show its boot "
+                         "here; a missing kernel or boot loader shows as an empty console")
 

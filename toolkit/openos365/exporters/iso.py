@@ -133,6 +133,18 @@ def stage_medium(ctx: ExportContext, tree: ImageTree, kernel: boot.Kernel, kind:
     return stage
 
 
+def add_efi_configs(stage: Path, files: dict[str, Path], epoch: int) -> None:
+    """The EFI image's grub.cfg files in the ISO file system too, at the same paths. From a CD, Debian 13's
+    signed GRUB (2.12) takes the whole disc, not the El Torito image it was loaded from, as its device, and
+    looks for its built-in prefix there: (cd0)/EFI/debian/grub.cfg."""
+    for esp_path, source in files.items():
+        if esp_path.endswith("/grub.cfg"):
+            target = stage / esp_path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    touch_all(stage, epoch)
+
+
 def make_efiboot(files: dict[str, Path], output: Path, epoch: int) -> Path:
     """A FAT image holding \\EFI\\BOOT\\BOOTX64.EFI (and, for Secure Boot, the rest of the signed chain):
     the UEFI El Torito image and GPT partition 2."""
@@ -247,6 +259,7 @@ class IsoExporter(Exporter):
                                            module_dir=grub_dirs[target.efi_platform], early_cfg=early,
                                            modules=EFI_MODULES, work=work, arch=target)
             efiboot = make_efiboot(files, work / "efiboot.img", epoch)
+            add_efi_configs(stage, files, epoch)
         directory, image_name = LIVE_LAYOUT[kind]
         final = ctx.outdir / f"{ctx.name}{self._suffix}"
         with log.step("Writing the ISO (xorriso)"), atomic_path(final) as temp:
