@@ -117,6 +117,19 @@ def test_time_zone_locale_and_keymap(tmp_path):
     assert "us" not in keyboard
 
 
+@pytest.mark.parametrize("link", ["default/keyboard", "/etc/default/keyboard", "../../../etc/default/keyboard"])
+def test_keymap_goes_where_debian_13s_vconsole_link_points_and_the_link_stays(tmp_path, link):
+    """Debian 13: /etc/vconsole.conf -> default/keyboard (dangling without keyboard-configuration), restored by
+    tmpfiles.d at every boot; a link climbing out of the tree still lands inside it."""
+    tree = image(tmp_path)
+    (tree.root / "etc/vconsole.conf").symlink_to(link)
+    customize.apply(tree, opts(keymap="de"), EPOCH)
+    assert os.readlink(tree.root / "etc/vconsole.conf") == link
+    keyboard = tree.read_text("etc/default/keyboard")
+    assert keyboard.startswith("KEYMAP=de\n") and 'XKBLAYOUT="de"' in keyboard
+    assert tree.read_text("etc/vconsole.conf") == keyboard
+
+
 def test_settings_the_image_cannot_honour_are_refused(tmp_path):
     tree = image(tmp_path)
     with pytest.raises(UserError, match="no /usr/share/zoneinfo/Mars/Olympus"):

@@ -96,3 +96,11 @@ GRUB_SHELL = ("BdsDxe: starting Boot0001 \"UEFI QEMU DVD-ROM QM00011 \" from Pci
 def test_a_boot_stuck_at_a_boot_loader_or_firmware_prompt_is_named(console, stuck):
     found = qemu.stuck_at_prompt(console)
     assert (found is None) if stuck is None else (stuck in found)
+
+
+def test_a_tcg_boot_that_panics_is_tried_with_one_tcg_thread():
+    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-name", "tcg"]
+    assert qemu.with_one_tcg_thread(argv) == ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=single",
+                                              "-name", "tcg"]
+    oops = "[    2.340590] Kernel panic - not syncing: Fatal exception in interrupt\n"
+    assert qemu.kernel_panicked(oops) and not qemu.kernel_panicked("[  OK  ] Started panic-free.service\n")

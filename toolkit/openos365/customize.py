@@ -290,9 +290,13 @@ def set_locale(tree: ImageTree, name: str, epoch: int) -> str:
 
 def set_keymap(tree: ImageTree, keymap: str, epoch: int) -> str:
     """The console keymap (vconsole.conf, used where the image has kbd) and, when the image has
-    keyboard-configuration, X's layout: 'de-nodeadkeys' -> layout de, variant nodeadkeys."""
-    vconsole = [line for line in tree.read_text("etc/vconsole.conf").splitlines() if not line.startswith("KEYMAP=")]
-    tree.write("etc/vconsole.conf", "\n".join([*vconsole, f"KEYMAP={keymap}"]) + "\n", mtime=epoch)
+    /etc/default/keyboard (keyboard-configuration), X's layout: 'de-nodeadkeys' -> layout de, variant
+    nodeadkeys. Debian 13 makes vconsole.conf a link to default/keyboard and its tmpfiles.d puts the link back
+    at every boot, so the keymap goes into the file a link names (inside the image tree), never over the link."""
+    with tree.at("etc/vconsole.conf", follow=True, create=True) as (_fd, _name, vconsole_path):
+        pass
+    vconsole = [line for line in tree.read_text(vconsole_path).splitlines() if not line.startswith("KEYMAP=")]
+    tree.write(vconsole_path, "\n".join([*vconsole, f"KEYMAP={keymap}"]) + "\n", mtime=epoch)
     if tree.is_file("etc/default/keyboard"):
         layout, _, variant = keymap.partition("-")
         values = {"XKBLAYOUT": layout, "XKBVARIANT": variant}
