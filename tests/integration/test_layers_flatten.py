@@ -26,7 +26,9 @@ RUN mkdir -p /srv/data && echo one > /srv/data/a && ln /srv/data/a /srv/data/har
  && cp /bin/true /usr/local/bin/suid-true && chmod 4755 /usr/local/bin/suid-true \\
  && ln -s /srv/data/a /srv/link && mkfifo /srv/fifo \\
  && rm /etc/openos365-test-gone \\
- && rm -rf /opt/app && mkdir /opt/app && echo new > /opt/app/new
+ && rm -rf /opt/app && mkdir /opt/app && echo new > /opt/app/new \\
+ && apt-get update && apt-get install -y libcap2-bin && rm -rf /var/lib/apt/lists/* \\
+ && cp /bin/true /usr/local/bin/cap-true && setcap cap_net_raw+ep /usr/local/bin/cap-true
 """
 
 
@@ -109,7 +111,7 @@ def test_flattened_tree_equals_the_container_view(built, tmp_path):
     assert ("srv/data/a", "srv/data/hard") in ours["<hardlinks>"]
     assert ours["srv/link"][5] == "/srv/data/a"
     assert stat.S_ISFIFO(ours["srv/fifo"][0])
-    assert any(name == "security.capability" for name, _ in ours["usr/bin/ping"][6])
+    assert any(name == "security.capability" for name, _ in ours["usr/local/bin/cap-true"][6])
     assert "etc/openos365-test-gone" not in ours  # whiteout applied
     assert "opt/app/old" not in ours and "opt/app/new" in ours  # opaque directory applied
 
@@ -138,7 +140,7 @@ def test_tar_export_keeps_owners_modes_and_caps(built, tmp_path):
         members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
     assert (members["srv/data/a"].uid, members["srv/data/a"].gid) == (1234, 4321)
     assert members["usr/local/bin/suid-true"].mode & 0o7777 == 0o4755
-    assert "SCHILY.xattr.security.capability" in members["usr/bin/ping"].pax_headers
+    assert "SCHILY.xattr.security.capability" in members["usr/local/bin/cap-true"].pax_headers
     assert members["srv/data/hard"].islnk() or members["srv/data/a"].islnk()
     sha = (tmp_path / "t-child.tar.sha256").read_text().split()[0]
     manifest = (tmp_path / "manifest.json").read_text()
