@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     log = Path(tempfile.mkstemp(prefix="openos365-arm64-build-", suffix=".log")[1])
     with log.open("wb") as out:
         process = subprocess.Popen([*CLI, *ARM64_BUILD], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, start_new_session=True)   # its own group: see below
     session.config.stash[arm64_build_key] = (process, log)
 
 
@@ -65,7 +66,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if started is not None:
         process, log = started
         if process.poll() is None:   # the run ended (or was interrupted) before an arm64 test waited for it
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)   # the CLI and the engine it runs
             process.wait(timeout=60)
         log.unlink(missing_ok=True)
 
