@@ -161,6 +161,8 @@ def boot_from_network(nic: str, work: Path, timeout: int = 900, accel: str | Non
     """Boot qemu from its network card (iPXE ROM) and wait for the boot-check report. A guest kernel panic
     under multi-threaded TCG gets one more boot with one TCG thread, as openos365 test does."""
     work.mkdir(parents=True, exist_ok=True)
+    for used in ("report.txt", "console.log"):  # a retry must not read the previous boot's
+        (work / used).unlink(missing_ok=True)
     accel = accel or qemu.accelerator()
     argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", accel, "-m", "1536M", "-smp", "2",
             "-display", "none", "-no-reboot", "-nodefaults",
@@ -180,18 +182,22 @@ def boot_from_network(nic: str, work: Path, timeout: int = 900, accel: str | Non
                 return fields
             if proc.poll() is not None:
                 break
-            console = (work / "console.log").read_text(errors="replace")
-            if qemu.kernel_panicked(console) and accel == "tcg":
+            if qemu.kernel_panicked(console_of(work)) and accel == "tcg":
                 proc.kill()
                 proc.wait()
                 return boot_from_network(nic, work, timeout, accel=qemu.ONE_TCG_THREAD)
             time.sleep(2)
-        console = (work / "console.log").read_text(errors="replace")[-3000:]
-        pytest.fail(f"no boot report (qemu exit {proc.poll()}); console:\n{console}")
+        pytest.fail(f"no boot report (qemu exit {proc.poll()}); console:\n{console_of(work)[-3000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def console_of(work: Path) -> str:
+    """The guest's serial console so far; qemu creates the file only once it has started."""
+    console = work / "console.log"
+    return console.read_text(errors="replace") if console.exists() else ""
 
 
 def _have_ipxe_rom() -> bool:
