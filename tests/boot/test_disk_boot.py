@@ -110,9 +110,9 @@ def test_an_unsigned_boot_loader_does_not_boot_under_the_enforcing_firmware(serv
         boot_test(BootRequest(artifact=tmp_path / "server.raw", workdir=REPO / ".openos365", timeout=240,
                               firmware="uefi", secure_boot=True))
     message = str(err.value)
-    assert "no boot report within 240s" in message
-    # OVMF's boot manager refuses what fails verification ("Access Denied" for the disk), then tries the
-    # network; the error names the refusal wherever it stood on the console, and no kernel printed a line
+    # OVMF's boot manager refuses what fails verification ("Access Denied" for the disk), then would try the
+    # network: openos365 test stops there, not at the timeout, names the refusal, and no kernel printed a line
+    assert message.startswith("Secure Boot verification failed")
     assert "the firmware refused to start a boot loader: " in message and "Access Denied" in message
     assert "[    0." not in message and "Linux version" not in message
     assert "shim-signed" in (err.value.hint or "")

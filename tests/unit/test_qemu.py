@@ -104,3 +104,26 @@ def test_a_tcg_boot_that_panics_is_tried_with_one_tcg_thread():
                                               "-name", "tcg"]
     oops = "[    2.340590] Kernel panic - not syncing: Fatal exception in interrupt\n"
     assert qemu.kernel_panicked(oops) and not qemu.kernel_panicked("[  OK  ] Started panic-free.service\n")
+
+
+AAVMF_REFUSAL = ("UEFI firmware (version  built at 13:10:49 on Nov  5 2024)\r\n\x1b[2J\x1b[01;01H"
+                 "BdsDxe: loading Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x4,0x0)\r\n"
+                 "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x4,0x0): "
+                 "Access Denied\r\n"
+                 "\r\n>>Start PXE over IPv4.\r\n")
+SHIM_REFUSAL = ("BdsDxe: starting Boot0001 \"UEFI QEMU HARDDISK QM00001 \"\r\n"
+                "Verification failed: (0x1A) Security Violation\r\nFailed to load image: Security Violation\r\n")
+BOOTED = ("BdsDxe: starting Boot0001 \"UEFI Misc Device\"\r\nEFI stub: Booting Linux Kernel...\r\n"
+          "[    0.000000] Linux version 6.12.57+deb13-arm64\r\n"
+          "[   12.100000] sshd[512]: error: Access Denied for user nobody\r\n")
+
+
+@pytest.mark.parametrize("console, refused", [
+    (AAVMF_REFUSAL, "Access Denied"),
+    (SHIM_REFUSAL, "Security Violation"),
+    (BOOTED, None),   # the words, logged by a booted system, are not the firmware's
+    ("", None),
+])
+def test_a_loader_refused_by_secure_boot_is_named_before_any_kernel_starts(console, refused):
+    found = qemu.refused_by_firmware(console)
+    assert (found is None) if refused is None else (refused in found and found.startswith(("BdsDxe", "Verif")))

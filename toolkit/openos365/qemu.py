@@ -382,11 +382,7 @@ def _watch(argv: list[str], work: Path, req: BootRequest, mode: str, accel: str)
             if fields is not None:
                 report.fields = fields
                 break
-            stuck = stuck_at_prompt(console)
-            if stuck:
-                raise _failure(stuck, work, proc, hint=STUCK_HINT)
-            if kernel_panicked(console):
-                raise _failure("the guest kernel panicked", work, proc, hint=PANIC_HINT, kind=GuestKernelPanic)
+            _stop_if_the_boot_cannot_go_on(console, work, proc, kernel="the guest kernel")
             if login_seen_at is None and "login:" in console:
                 login_seen_at = elapsed
             if login_seen_at is not None and elapsed - login_seen_at > LOGIN_GRACE and not has_unit(console, reported):
@@ -434,6 +430,31 @@ ONE_TCG_THREAD = "tcg,thread=single"
 
 def kernel_panicked(console: str) -> bool:
     return "Kernel panic - not syncing" in console
+
+
+# what UEFI firmware's boot manager, or shim, prints when a loader fails Secure Boot verification
+REFUSED = ("Access Denied", "Security Violation")
+KERNEL_STARTED = re.compile(r"EFI stub: |Linux version |\[\s+0\.\d+\]")
+
+
+def refused_by_firmware(console: str) -> str | None:
+    """The console line where the firmware or shim refused a boot loader, while no kernel has started yet
+    (a booted system may log the same words). Nothing on the medium boots after that: the firmware goes on
+    to network boot, which can only fail or boot something else."""
+    before_kernel = KERNEL_STARTED.split(ESCAPES.sub("", console), maxsplit=1)[0]
+    return next((line.strip() for line in before_kernel.splitlines() if any(word in line for word in REFUSED)),
+                None)
+
+
+def _stop_if_the_boot_cannot_go_on(console: str, work: Path, proc: subprocess.Popen[bytes], kernel: str) -> None:
+    """Fail at once, not at the timeout, when the console shows the boot has stopped for good."""
+    stuck = stuck_at_prompt(console)
+    if stuck:
+        raise _failure(stuck, work, proc, hint=STUCK_HINT)
+    if kernel_panicked(console):
+        raise _failure(f"{kernel} panicked", work, proc, hint=PANIC_HINT, kind=GuestKernelPanic)
+    if refused_by_firmware(console):
+        raise _failure("Secure Boot verification failed", work, proc)
 
 
 def _watch_once_more_after_a_tcg_panic(argv: list[str], work: Path, req: BootRequest, mode: str,
@@ -514,11 +535,7 @@ def _watch_install(argv: list[str], work: Path, req: BootRequest) -> dict[str, s
             if fields is not None and fields.get("result") != "installed":
                 raise _failure(f"the installer stopped: {fields.get('reason', 'no reason given')}", work, proc)
             console = _read(work / "console.log")
-            stuck = stuck_at_prompt(console)
-            if stuck:
-                raise _failure(stuck, work, proc, hint=STUCK_HINT)
-            if kernel_panicked(console):
-                raise _failure("the installer's kernel panicked", work, proc, hint=PANIC_HINT, kind=GuestKernelPanic)
+            _stop_if_the_boot_cannot_go_on(console, work, proc, kernel="the installer's kernel")
             if proc.poll() is not None:
                 if fields is not None:
                     return fields
@@ -546,10 +563,6 @@ def _read(path: Path) -> str:
         return ""
 
 
-# what OVMF's boot manager prints when Secure Boot verification fails
-REFUSED = ("Access Denied", "Security Violation")
-
-
 def _failure(message: str, work: Path, proc: subprocess.Popen[bytes], hint: str | None = None,
              kind: type[BootTestError] = BootTestError) -> BootTestError:
     if proc.poll() is None:
@@ -558,13 +571,14 @@ def _failure(message: str, work: Path, proc: subprocess.Popen[bytes], hint: str 
     whole = _read(work / "console.log").splitlines()
     lines = "\n".join(f"  | {line}" for line in whole[-25:]) or "  (nothing on the serial console)"
     extra = f"\nqemu said: {out[-800:]}" if out else ""
-    refused = next((line.strip() for line in whole if any(word in line for word in REFUSED)), None)
+    refused = refused_by_firmware("\n".join(whole))
     if refused:
         return BootTestError(f"{message}\nthe firmware refused to start a boot loader: {refused[-200:]}\n"
                              f"last lines of the serial console:\n{lines}{extra}",
                              hint="with Secure Boot on, the UEFI path must be signed: export with the image's "
-                             "shim and GRUB (--secure-boot auto or on; Debian: add shim-signed "
-                             "grub-efi-amd64-signed to the layer), or test without --secure-boot")
+                             "shim and GRUB (--secure-boot auto or on; Debian: add shim-signed and "
+                             "grub-efi-amd64-signed, on arm64 grub-efi-arm64-signed, to the layer), or test "
+                             "without --secure-boot")
     return kind(f"{message}\nlast lines of the serial console:\n{lines}{extra}",
                 hint=hint or "the image needs console=ttyS0 on its kernel command line to show its boot "
                          "here; a missing kernel or boot loader shows as an empty console")
