@@ -52,6 +52,7 @@ def test_cloud_init_applies_the_seeds_user_key_and_host_name_and_leaves_growth_t
     user_data = tmp_path / "user-data"
     user_data.write_text("#cloud-config\n"
                          "hostname: cloudy\n"
+                         "locale: de_DE.UTF-8\n"
                          "users:\n"
                          "  - name: carol\n"
                          "    shell: /bin/bash\n"
@@ -74,6 +75,8 @@ def test_cloud_init_applies_the_seeds_user_key_and_host_name_and_leaves_growth_t
     # the root grew to the enlarged disk (judged by boot_test), by systemd-repart alone
     assert fields["cloud_init_growpart"] == "off" and fields["cloud_init_resizefs"] == "off"
     assert len(fields["machine_id"]) == 32
+    # a locale Debian's /etc/locale.gen does not list: made at first boot (layers/cloud's locale-gen), then set
+    assert fields["lang"] == "de_DE.UTF-8" and fields["locales_made"] == "de_DE.utf8"
 
 
 def test_without_a_seed_cloud_init_stays_off_and_the_export_time_user_logs_in(cloud_qcow2, keys):
@@ -86,6 +89,7 @@ def test_without_a_seed_cloud_init_stays_off_and_the_export_time_user_logs_in(cl
     assert fields["ssh_authorized_keys"] == f"alice:{keys['alice'][1]}"
     assert fields["ssh_host_keys_made_by"] == "openos365-ssh-hostkeys" and fields["ssh_host_keys"] == "3"
     assert len(fields["machine_id"]) == 32
+    assert fields["lang"] == "C.UTF-8" and fields["locales_made"] == ""   # nothing made at boot unasked
 
 
 def test_the_image_carries_no_instance_state_or_identity(cloud_qcow2):
