@@ -15,6 +15,7 @@ import pytest
 
 from openos365.qemu import BootRequest, boot_test
 from tests.conftest import REPO, cli
+from tests.integration.wsl_support import TarTree, check_wsl_rules
 
 pytestmark = [pytest.mark.boot, pytest.mark.arm64]
 GIB = 1 << 30
@@ -75,3 +76,12 @@ def test_iso_boots_from_a_usb_stick(arm64):
 def test_kis_boots_by_direct_kernel_boot(arm64):
     fields = boot(arm64 / "server-arm64.kernel")
     assert fields["root_fstype"] == "overlay" and "boot=live" in fields["cmdline"]
+
+
+def test_wsl_tarball_is_arm64_and_follows_the_rules(arm64_server, tmp_path):
+    """For WSL on Windows on Arm: the same rules as amd64's, with /bin/sh, /bin/bash and /sbin/init arm64."""
+    cli("export", "--to", "wsl", "layers/server", "--arch", "arm64", "-o", str(tmp_path))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
+    assert {entry["architecture"] for entry in manifest.values()} == {"arm64"}
+    check_wsl_rules(TarTree(tmp_path / "server-arm64.wsl.tar.gz"), "server-arm64", arch="arm64")
+
