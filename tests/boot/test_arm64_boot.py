@@ -1,6 +1,7 @@
 """--arch arm64 on an x86_64 host: the base bootstrapped and every layer built through qemu-user (binfmt_misc),
-then the disk (UEFI only, BOOTAA64.EFI through Debian's signed shim, arm64 root partition type), the live ISO
-and KIS booted under qemu-system-aarch64 (virt, AAVMF, TCG).
+then the disk (UEFI only, BOOTAA64.EFI through Debian's signed shim, arm64 root partition type, enforcing Secure
+Boot), the live ISO, the install ISO and KIS booted under qemu-system-aarch64 (virt, AAVMF, TCG); the WSL
+tarball checked for arm64 binaries.
 
 Marked `arm64` (`-m "not arm64"` leaves them out). Building the layers under emulation takes about 15 minutes,
 mostly on one core: conftest starts that build when the run begins, so it overlaps the amd64 tests, and runs
@@ -85,3 +86,17 @@ def test_wsl_tarball_is_arm64_and_follows_the_rules(arm64_server, tmp_path):
     assert {entry["architecture"] for entry in manifest.values()} == {"arm64"}
     check_wsl_rules(TarTree(tmp_path / "server-arm64.wsl.tar.gz"), "server-arm64", arch="arm64")
 
+
+
+def test_install_iso_installs_then_the_disk_boots_under_secure_boot_and_grows(arm64_server, tmp_path):
+    """The OEM install ISO on arm64: booted from a CD with a blank disk, it writes the disk and powers off;
+    the disk then boots alone and grows. Its installer takes the console from ttyAMA0's login prompt."""
+    cli("export", "--to", "install-iso", "layers/server", "--arch", "arm64", "--unattended", "-o", str(tmp_path))
+    report = boot_test(BootRequest(artifact=tmp_path / "server-arm64.install.iso", workdir=REPO / ".openos365",
+                                   timeout=1500, install_onto=4 * GIB, secure_boot=True))
+    installed = report.earlier[0]
+    assert installed["result"] == "installed" and installed["target"] == "/dev/vda"
+    fields = report.fields
+    assert fields["state"] == "running" and fields["failed"] == "" and "console=ttyAMA0" in fields["cmdline"]
+    assert fields["root_source"] == "/dev/vda2" and fields["secure_boot"] == "enabled"
+    assert int(fields["disk_size"]) == 4 * GIB and int(fields["root_fs_size"]) >= 0.9 * 4 * GIB

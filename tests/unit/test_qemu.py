@@ -127,3 +127,11 @@ BOOTED = ("BdsDxe: starting Boot0001 \"UEFI Misc Device\"\r\nEFI stub: Booting L
 def test_a_loader_refused_by_secure_boot_is_named_before_any_kernel_starts(console, refused):
     found = qemu.refused_by_firmware(console)
     assert (found is None) if refused is None else (refused in found and found.startswith(("BdsDxe", "Verif")))
+
+
+def test_an_installer_unit_that_failed_without_its_own_report_is_seen():
+    live = "OPENOS365-BOOT-CHECK\nstate=degraded\nfailed=openos365-install.service \nroot_fstype=overlay\nEND\n"
+    assert qemu.installer_unit_failed(live)
+    assert not qemu.installer_unit_failed(live.replace("openos365-install.service", "ssh.service"))
+    assert not qemu.installer_unit_failed(live.replace("END\n", ""))      # not whole yet
+    assert not qemu.installer_unit_failed("")

@@ -525,15 +525,29 @@ def _install_then_boot(req: BootRequest, work: Path, accel: str) -> BootReport:
     return report
 
 
+INSTALL_UNIT = "openos365-install.service"
+
+
+def installer_unit_failed(reported: str) -> bool:
+    """The live system's boot check names the installer's unit among the failed ones: the unit itself failed
+    (it could not start, or the script died), so the installer's own report will never come."""
+    return INSTALL_UNIT in (parse_report(reported) or {}).get("failed", "").split()
+
+
 def _watch_install(argv: list[str], work: Path, req: BootRequest) -> dict[str, str]:
     started = time.monotonic()
     proc = spawn(argv)
     try:
         while True:
             time.sleep(1)
-            fields = parse_report(_read(work / "report.txt"), "OPENOS365-INSTALL")
+            reported = _read(work / "report.txt")
+            fields = parse_report(reported, "OPENOS365-INSTALL")
             if fields is not None and fields.get("result") != "installed":
                 raise _failure(f"the installer stopped: {fields.get('reason', 'no reason given')}", work, proc)
+            if fields is None and installer_unit_failed(reported):
+                raise _failure(f"{INSTALL_UNIT} failed before the installer reported", work, proc,
+                               hint="the live system's journal says why: boot the medium and run "
+                                    f"journalctl -u {INSTALL_UNIT}")
             console = _read(work / "console.log")
             _stop_if_the_boot_cannot_go_on(console, work, proc, kernel="the installer's kernel")
             if proc.poll() is not None:
@@ -580,6 +594,6 @@ def _failure(message: str, work: Path, proc: subprocess.Popen[bytes], hint: str 
                              "grub-efi-amd64-signed, on arm64 grub-efi-arm64-signed, to the layer), or test "
                              "without --secure-boot")
     return kind(f"{message}\nlast lines of the serial console:\n{lines}{extra}",
-                hint=hint or "the image needs console=ttyS0 on its kernel command line to show its boot "
-                         "here; a missing kernel or boot loader shows as an empty console")
+                hint=hint or "the image needs console=ttyS0 (arm64: ttyAMA0) on its kernel command line to show "
+                         "its boot here; a missing kernel or boot loader shows as an empty console")
 
